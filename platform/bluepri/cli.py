@@ -1,0 +1,176 @@
+"""The `bluepri` command: one sub-command per stage, each parsing flags into a config and
+calling that stage's entry point. Bad input ends in one `bluepri: error: ...` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bluepri.config import DemoConfig, ModelsConfig, SynthConfig, build_config, load_yaml
+from bluepri.errors import BluepriError
+
+app = typer.Typer(
+    help="SDXL + LoRA for blueprint synthesis on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Model references and the tiny offline models.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: synthetic blueprints, preparation.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+
+def config_from(model: type, config_file: Path | None, values: dict[str, Any]):
+    """Flags (non-None) over an optional YAML file, validated into `model`."""
+    if config_file is not None:
+        return load_yaml(config_file, model, values)
+    return build_config(model, {k: v for k, v in values.items() if v is not None})
+
+
+@models_app.command("build-tiny")
+def models_build_tiny(
+    out: Path = typer.Option(None, help="Folder to write into (default: $BLUEPRI_HOME/tiny)."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+    name: str = typer.Option("all", help="base, refiner, blip or all."),
+) -> None:
+    """Build the tiny random-weight SDXL base, refiner and BLIP model folders."""
+    from bluepri.models.loading import bluepri_home
+    from bluepri.models.tiny import TINY_NAMES, build_tiny
+    from bluepri.storage import output_folder
+
+    names = TINY_NAMES if name == "all" else (name,)
+    if any(n not in TINY_NAMES for n in names):
+        raise BluepriError(f"unknown tiny model {name!r}; expected {', '.join(TINY_NAMES)} or all")
+    root = output_folder(out if out is not None else bluepri_home() / "tiny")
+    for n in names:
+        folder = build_tiny(n, root / f"{n}-seed{seed}", seed=seed)
+        typer.echo(f"tiny:{n} -> {folder}")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: str = typer.Option(..., help="Output folder (an HF imagefolder)."),
+    num_images: int = typer.Option(None, "--num-images", help="How many drawings."),
+    seed: int = typer.Option(None, help="Random seed."),
+    uncaptioned_fraction: float = typer.Option(None, help="Fraction left for the captioner."),
+    config: Path = typer.Option(None, help="YAML file with the same keys."),
+) -> None:
+    """Write a procedurally generated blueprint set (PNGs + metadata.jsonl)."""
+    from bluepri.data.synth import synthesize
+
+    cfg = config_from(
+        SynthConfig,
+        config,
+        {
+            "out_dir": out,
+            "num_images": num_images,
+            "seed": seed,
+            "uncaptioned_fraction": uncaptioned_fraction,
+        },
+    )
+    result = synthesize(cfg)
+    typer.echo(
+        f"{result.num_images} drawings ({result.num_captioned} captioned) "
+        f"across {len(result.families)} families"
+    )
+    typer.echo(result.out_dir)
+
+
+@app.command("generate")
+def generate_one(
+    prompt: str = typer.Option(..., help="Prompt for text encoder 1 (subject)."),
+    out: Path = typer.Option(..., help="PNG file to write."),
+    prompt_2: str = typer.Option(None, help="Prompt for text encoder 2 (style)."),
+    negative_prompt: str = typer.Option(None, help="What to steer away from."),
+    base: str = typer.Option("tiny:base", help="Base model ref."),
+    refiner: str = typer.Option("tiny:refiner", help="Refiner model ref ('' for none)."),
+    adapter: str = typer.Option(None, help="LoRA adapter folder."),
+    width: int = typer.Option(None),
+    height: int = typer.Option(None),
+    steps: int = typer.Option(30),
+    guidance: float = typer.Option(5.0),
+    seed: int = typer.Option(0),
+    high_noise_frac: float = typer.Option(0.8),
+) -> None:
+    """Generate one image through the shared generation path."""
+    from bluepri.generate import GenerationRequest, generate, load_pipelines
+
+    if out.exists() and out.is_dir():
+        raise BluepriError(f"output path {str(out)!r} is a folder; name a .png file")
+    request = build_config(
+        GenerationRequest,
+        {
+            "prompt": prompt,
+            "prompt_2": prompt_2,
+            "negative_prompt": negative_prompt,
+            "width": width,
+            "height": height,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "seed": seed,
+            "refine": bool(refiner),
+            "high_noise_frac": high_noise_frac,
+            "adapter": adapter,
+        },
+    )
+    models = build_config(ModelsConfig, {"base": base, "refiner": refiner or None})
+    result = generate(load_pipelines(models), request)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.image.save(out)
+    typer.echo(str(out))
+
+
+@app.command("demo")
+def demo(
+    out: str = typer.Option(None, help="Output folder (default demo-out)."),
+    num_images: int = typer.Option(None, "--num-images", help="Catalogue images to render."),
+    dataset_size: int = typer.Option(None, help="Synthetic blueprints to make."),
+    steps: int = typer.Option(None, help="Denoising steps per image."),
+    size: int = typer.Option(None, help="Image height in pixels (multiple of 8)."),
+    seed: int = typer.Option(None),
+    config: Path = typer.Option(None, help="YAML file with the same keys."),
+) -> None:
+    """Run the platform end to end on tiny models and synthetic blueprints."""
+    cfg = config_from(
+        DemoConfig,
+        config,
+        {
+            "out_dir": out,
+            "num_images": num_images,
+            "dataset_size": dataset_size,
+            "steps": steps,
+            "size": size,
+            "seed": seed,
+        },
+    )
+    from bluepri.demo import run_demo  # heavy imports only once the config is valid
+
+    result = run_demo(cfg, log=typer.echo)
+    typer.echo(f"contact sheet: {result.contact_sheet}")
+    typer.echo(f"images: {Path(result.images[0]).parent}")
+    typer.echo(result.out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one `bluepri: error:` line on stderr and exit code 2.
+
+    Usage errors (unknown flag, missing option) are typer's own, also exit code 2.
+    """
+    # transformers warns about torchvision (which we deliberately do not install) on import.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        app(args=argv)
+    except BluepriError as err:
+        print(f"bluepri: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

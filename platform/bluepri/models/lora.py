@@ -1,0 +1,67 @@
+"""LoRA adapters through peft: attach to SDXL's UNet / text encoders, extract, save.
+
+Saved folders hold `pytorch_lora_weights.safetensors` in diffusers' key format, written by
+diffusers' own `save_lora_weights`, so a vanilla `pipe.load_lora_weights(folder)` loads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+def attach_lora(
+    model: Any,
+    *,
+    rank: int,
+    alpha: float | None = None,
+    targets: tuple[str, ...] = UNET_TARGETS,
+    init: bool | str = "gaussian",
+) -> Any:
+    """Add a peft LoRA adapter (alpha defaults to rank) to `model` in place; returns it.
+
+    `init="gaussian"` is what diffusers' scripts use (B starts at zero, so training starts
+    from the base model); `init=False` gives a random adapter that changes outputs at once.
+    """
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        init_lora_weights=init,
+        target_modules=list(targets),
+    )
+    model.add_adapter(config)
+    return model
+
+
+def lora_state_dict(model: Any) -> dict[str, Any]:
+    """The adapter weights of `model` in diffusers' key format."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+
+
+def save_lora_folder(
+    folder: str | Path,
+    unet: Any,
+    text_encoder: Any | None = None,
+    text_encoder_2: Any | None = None,
+) -> Path:
+    """Write the UNet (and text encoder) adapters as a diffusers LoRA folder."""
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = Path(folder)
+    StableDiffusionXLPipeline.save_lora_weights(
+        save_directory=str(folder),
+        unet_lora_layers=lora_state_dict(unet),
+        text_encoder_lora_layers=lora_state_dict(text_encoder) if text_encoder else None,
+        text_encoder_2_lora_layers=lora_state_dict(text_encoder_2) if text_encoder_2 else None,
+        safe_serialization=True,
+    )
+    return folder
