@@ -97,6 +97,8 @@ def generate_one(
     guidance: float = typer.Option(5.0),
     seed: int = typer.Option(0),
     high_noise_frac: float = typer.Option(0.8),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
 ) -> None:
     """Generate one image through the shared generation path."""
     from bluepri.generate import GenerationRequest, generate, load_pipelines
@@ -119,7 +121,9 @@ def generate_one(
             "adapter": adapter,
         },
     )
-    models = build_config(ModelsConfig, {"base": base, "refiner": refiner or None})
+    models = build_config(
+        ModelsConfig, {"base": base, "refiner": refiner or None, "device": device, "dtype": dtype}
+    )
     result = generate(load_pipelines(models), request)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.image.save(out)

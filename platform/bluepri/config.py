@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bluepri.errors import BluepriError
 
@@ -107,3 +107,60 @@ class DemoConfig(StrictModel):
     steps: int = Field(10, ge=2, le=200)
     high_noise_frac: float = Field(0.8, gt=0.0, lt=1.0)
     models: ModelsConfig = Field(default_factory=ModelsConfig.tiny)
+
+
+SourceFormat = Literal["auto", "imagefolder", "folder", "parquet", "hf"]
+
+
+class PrepareConfig(StrictModel):
+    """`bluepri data prepare`: a source -> a captioned, encoded, deduplicated training cache.
+
+    Flag names follow the paper's training script where it has them (`resolution`,
+    `center_crop`, `random_flip`, `image_column`, `caption_column`).
+    """
+
+    source: str
+    out: str  # cache root; the cache is written under <out>/<fingerprint>
+    source_format: SourceFormat = "auto"
+    image_column: str = "image"
+    caption_column: str = "text"
+    hf_split: str = "train"
+    resolution: int = Field(1024, ge=64, le=4096)
+    center_crop: bool = False
+    random_flip: bool = False
+    buckets: bool = False  # aspect-ratio buckets instead of square crops
+    augment: bool = False  # mild rotation/scale
+    seed: int = 0
+    max_pixels: int = Field(64_000_000, ge=1)
+    min_side: int = Field(64, ge=1)
+    max_aspect_ratio: float = Field(4.0, ge=1.0)
+    dedup_threshold: int | None = Field(6, ge=0, le=64)  # pHash hamming; None: exact only
+    captioner: str = DEFAULT_CAPTIONER
+    recaption: bool = False
+    caption_prefix: str = ""
+    caption_suffix: str = ""
+    base: str = DEFAULT_BASE  # its VAE and text encoders encode the cache
+    vae: str | None = None
+    encode_text: bool = True  # cache text embeddings (for frozen text encoders)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    caption_batch_size: int = Field(8, ge=1)
+    encode_batch_size: int = Field(8, ge=1)
+    num_caption_actors: int = Field(1, ge=1)
+    num_encode_actors: int = Field(1, ge=1)
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @field_validator("resolution")
+    @classmethod
+    def resolution_multiple_of_8(cls, value: int) -> int:
+        # SDXL's VAE downsamples by 8: other sizes cannot map to whole latents.
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+    @field_validator("source", "out")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value

@@ -1,10 +1,89 @@
-"""Where artifacts live. Local folders now; URIs through pyarrow.fs as stages need them."""
+"""Where artifacts live: local paths or any pyarrow filesystem URI (s3://, gs://, file://).
+
+Every stage reads and writes artifacts through these few functions, so the same code runs
+on a laptop (local folders) and on a cluster (shared object storage).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
 
 from bluepri.errors import BluepriError
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or URI."""
+    uri = str(uri)
+    if not is_uri(uri):
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise BluepriError(f"cannot open storage URI {uri!r}: {err}".splitlines()[0]) from None
+
+
+def join(uri: str | Path, *parts: str) -> str:
+    """Join path parts onto a local path or URI."""
+    base = str(uri).rstrip("/")
+    return "/".join([base, *(p.strip("/") for p in parts)])
+
+
+def exists(uri: str | Path) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(uri: str | Path) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def is_dir(uri: str | Path) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def read_json(uri: str | Path) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str | Path, value: Any) -> None:
+    write_bytes(uri, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+
+
+def list_files(uri: str | Path, *, recursive: bool = True) -> list[pafs.FileInfo]:
+    """Files (not folders) under a folder, sorted by path."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+
+def delete_dir(uri: str | Path) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
 
 
 def output_folder(path: str | Path) -> Path:

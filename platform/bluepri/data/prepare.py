@@ -1,0 +1,392 @@
+"""`prepare`: any source -> a clean, captioned, encoded training cache, on Ray Data.
+
+Three passes, each streaming with bounded memory:
+  1. scan   (Ray tasks): read + decode + validate every file, hash its pixels; only the small
+            per-file facts (id, hashes, skip reason) come back to the driver.
+  2. dedup  (driver): exact and perceptual duplicates, in sorted source order so the same
+            input keeps the same files; the held-out split by sample-id hash.
+  3. build  (Ray tasks + actor pools): decode -> SDXL crop/flip + time ids -> BLIP captions for
+            rows without one -> VAE latents and both text encoders' embeddings -> parquet.
+The cache lives under `<out>/<fingerprint>`; `manifest.json` is written last, so a cache
+without one is a crashed run, cleared and rebuilt. The same fingerprint twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from bluepri import storage
+from bluepri.config import PrepareConfig
+from bluepri.data import decode, transforms
+from bluepri.data.dedup import Deduplicator
+from bluepri.data.sources import Source, digest, open_source, source_dataset
+from bluepri.errors import BluepriError
+from bluepri.models.loading import resolve_ref
+from bluepri.runtime import ensure_ray
+
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+# Config fields that change the cache's content; batch sizes, actors and device do not.
+FINGERPRINT_FIELDS = (
+    "source_format", "image_column", "caption_column", "hf_split", "resolution", "center_crop",
+    "random_flip", "buckets", "augment", "seed", "max_pixels", "min_side", "max_aspect_ratio",
+    "dedup_threshold", "captioner", "recaption", "caption_prefix", "caption_suffix", "base",
+    "vae", "encode_text", "val_fraction", "dtype",
+)
+
+
+class CacheInfo(BaseModel):
+    """Where a prepared cache is and what is in it."""
+
+    uri: str
+    fingerprint: str
+    manifest_uri: str
+    reused: bool
+    num_rows: int
+    num_train: int
+    num_val: int
+    skipped: dict[str, int]
+    duplicates: dict[str, int]
+    timings: dict[str, float]
+
+
+def cache_fingerprint(source: Source, config: PrepareConfig) -> str:
+    """Hash of (source listing, preprocessing config, encoder model refs, cache format)."""
+    settings = {name: getattr(config, name) for name in FINGERPRINT_FIELDS}
+    return digest([CACHE_FORMAT, source.kind, source.listing_digest, settings])[:20]
+
+
+def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> CacheInfo:
+    """Build (or reuse) the training cache for `config`; returns where it is and its counts."""
+    transforms.check_resolution(config.resolution)
+    source = open_source(config)
+    resolve_ref(config.base, "base")  # bad model refs fail before any work
+    if config.vae:
+        resolve_ref(config.vae, "vae")
+    fingerprint = cache_fingerprint(source, config)
+    cache_uri = storage.join(config.out, fingerprint)
+    manifest_uri = storage.join(cache_uri, MANIFEST)
+    if storage.is_file(manifest_uri):
+        log(f"cache {cache_uri} is up to date: nothing to do")
+        return cache_info(storage.read_json(manifest_uri), cache_uri, reused=True)
+    storage.delete_dir(cache_uri)  # a crashed earlier run left shards without a manifest
+    ensure_ray()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    log(f"[prepare 1/3] scanning {source.size} {source.kind} entries from {source.uri}")
+    scanned = scan(source, config)
+    timings["scan_s"] = time.perf_counter() - started
+
+    log("[prepare 2/3] validating and deduplicating")
+    plan = plan_rows(scanned, config)
+    timings["dedup_s"] = time.perf_counter() - started - timings["scan_s"]
+    if not plan.kept:
+        raise BluepriError(f"source {source.uri!r} has no usable images ({dict(plan.skipped)})")
+
+    needs_captions = config.recaption or any(not has_text(r["caption"]) for r in plan.kept)
+    log(
+        f"[prepare 3/3] encoding {len(plan.kept)} images"
+        + (f", captioning with {config.captioner}" if needs_captions else "")
+    )
+    if needs_captions:
+        resolve_ref(config.captioner, "captioner")
+    build_start = time.perf_counter()
+    build(source, config, plan, storage.join(cache_uri, SHARDS), needs_captions)
+    timings["build_s"] = time.perf_counter() - build_start
+    timings["total_s"] = time.perf_counter() - started
+
+    manifest = write_manifest(config, source, fingerprint, cache_uri, plan, timings)
+    info = cache_info(manifest, cache_uri, reused=False)
+    log(f"cache: {info.num_train} train + {info.num_val} val rows, skipped {info.skipped}")
+    return info
+
+
+def has_text(caption: Any) -> bool:
+    return isinstance(caption, str) and bool(caption.strip())
+
+
+# -- pass 1: scan -----------------------------------------------------------------------
+
+
+def scan_batch(limits: dict[str, Any]) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
+    """Ray task factory: decode + validate + hash; the bytes do not come back."""
+
+    def scan_fn(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        out: dict[str, list] = defaultdict(list)
+        for key, blob, caption in zip(
+            batch["key"], batch["image_bytes"], batch["caption"], strict=True
+        ):
+            decoded = decode.decode_image(bytes(blob), **limits)
+            out["key"].append(key)
+            out["caption"].append(caption if has_text(caption) else None)
+            out["skip_reason"].append(decoded.skip_reason or "")
+            out["detail"].append(decoded.detail or "")
+            if decoded.ok:
+                out["sample_id"].append(decode.pixel_sha256(decoded.image)[:32])
+                out["phash"].append(decode.perceptual_hash(decoded.image))
+                out["size"].append(f"{decoded.image.width}x{decoded.image.height}")
+            else:
+                out["sample_id"].append("")
+                out["phash"].append("")
+                out["size"].append("")
+        return {k: np.array(v, dtype=object) for k, v in out.items()}
+
+    return scan_fn
+
+
+def decode_limits(config: PrepareConfig) -> dict[str, Any]:
+    return {
+        "max_pixels": config.max_pixels,
+        "min_side": config.min_side,
+        "max_aspect_ratio": config.max_aspect_ratio,
+    }
+
+
+def scan(source: Source, config: PrepareConfig) -> list[dict[str, Any]]:
+    """Per-file facts, sorted by source key (a deterministic order for dedup)."""
+    ds = source_dataset(source, config).map_batches(
+        scan_batch(decode_limits(config)), batch_size=16
+    )
+    rows = list(ds.iter_rows())
+    return sorted(rows, key=lambda r: r["key"])
+
+
+# -- pass 2: dedup + split ----------------------------------------------------------------
+
+
+class Plan(BaseModel):
+    """What the build pass encodes, and what was left out and why."""
+
+    kept: list[dict[str, Any]]
+    skipped: dict[str, int]
+    skipped_files: dict[str, list[str]]
+    duplicates: list[dict[str, Any]]
+
+
+def plan_rows(scanned: list[dict[str, Any]], config: PrepareConfig) -> Plan:
+    """Drop invalid files and duplicates (first in sorted order wins); assign the split."""
+    dedup = Deduplicator(config.dedup_threshold)
+    skipped: Counter[str] = Counter()
+    skipped_files: dict[str, list[str]] = defaultdict(list)
+    duplicates, kept = [], []
+    for row in scanned:
+        if row["skip_reason"]:
+            skipped[row["skip_reason"]] += 1
+            skipped_files[row["skip_reason"]].append(row["key"])
+            continue
+        duplicate = dedup.check(row["key"], row["sample_id"], row["phash"])
+        if duplicate is not None:
+            skipped[duplicate.reason] += 1
+            skipped_files[duplicate.reason].append(row["key"])
+            duplicates.append(
+                {"key": row["key"], "reason": duplicate.reason, "of": duplicate.of,
+                 "distance": duplicate.distance}
+            )
+            continue
+        kept.append({"key": row["key"], "caption": row["caption"], "sample_id": row["sample_id"]})
+    assign_split(kept, config.val_fraction)
+    return Plan(
+        kept=kept, skipped=dict(skipped), skipped_files=dict(skipped_files), duplicates=duplicates
+    )
+
+
+def id_fraction(sample_id: str) -> float:
+    """A sample id's position in [0, 1): its hash prefix, uniform and stable."""
+    return int(sample_id[:12], 16) / 16**12
+
+
+def assign_split(rows: list[dict[str, Any]], val_fraction: float) -> None:
+    """`val` when the id's hash falls below the fraction; at least one val row if asked."""
+    for row in rows:
+        row["split"] = "val" if id_fraction(row["sample_id"]) < val_fraction else "train"
+    if val_fraction > 0 and len(rows) > 1 and not any(r["split"] == "val" for r in rows):
+        min(rows, key=lambda r: id_fraction(r["sample_id"]))["split"] = "val"
+
+
+# -- pass 3: build --------------------------------------------------------------------------
+
+
+def transform_batch(config: PrepareConfig, lookup: dict[str, dict[str, Any]]):
+    """Ray task factory: keep planned rows, decode, augment, crop/flip, SDXL time ids."""
+    limits = decode_limits(config)
+    buckets = transforms.aspect_buckets(config.resolution) if config.buckets else None
+
+    def transform_fn(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        out: dict[str, list] = defaultdict(list)
+        for key, blob in zip(batch["key"], batch["image_bytes"], strict=True):
+            planned = lookup.get(key)
+            if planned is None:
+                continue
+            image = decode.decode_image(bytes(blob), **limits).image
+            # Per-sample randomness from (seed, sample id): the same cache on any cluster.
+            rng = np.random.default_rng([config.seed, int(planned["sample_id"][:15], 16)])
+            if config.augment:
+                image = transforms.augment(image, rng)
+            bucket = (
+                transforms.nearest_bucket(image.height, image.width, buckets) if buckets else None
+            )
+            prepared = transforms.prepare_image(
+                image,
+                resolution=config.resolution,
+                center_crop=config.center_crop,
+                random_flip=config.random_flip,
+                rng=rng,
+                bucket=bucket,
+            )
+            out["sample_id"].append(planned["sample_id"])
+            out["key"].append(key)
+            out["split"].append(planned["split"])
+            out["caption"].append(planned["caption"])
+            out["image"].append(np.asarray(prepared.image, dtype=np.uint8))
+            out["time_ids"].append(np.array(prepared.time_ids, dtype=np.int64))
+            out["flipped"].append(prepared.flipped)
+        return {k: column(v) for k, v in out.items()}
+
+    return transform_fn
+
+
+def column(values: list[Any]) -> np.ndarray:
+    """A batch column: stacked when shapes agree, else an object array (ragged buckets)."""
+    if values and isinstance(values[0], np.ndarray):
+        if len({v.shape for v in values}) == 1:
+            return np.stack(values)
+        ragged = np.empty(len(values), dtype=object)
+        ragged[:] = values
+        return ragged
+    return np.array(values, dtype=object if values and isinstance(values[0], str) else None)
+
+
+def build(
+    source: Source, config: PrepareConfig, plan: Plan, shards_uri: str, needs_captions: bool
+) -> None:
+    """Stream planned rows through transform -> caption -> encode -> parquet shards."""
+    from bluepri.data.caption import CaptionBatch
+    from bluepri.data.encode import EncodeBatch
+
+    lookup = {row["key"]: row for row in plan.kept}
+    kept_entries = None
+    if source.entries:
+        kept_entries = [e for e in source.entries if e["key"] in lookup]
+    ds = source_dataset(source, config, entries=kept_entries).map_batches(
+        transform_batch(config, lookup), batch_size=16
+    )
+    if needs_captions:
+        ds = ds.map_batches(
+            CaptionBatch,
+            fn_constructor_kwargs={
+                "captioner_ref": config.captioner,
+                "prefix": config.caption_prefix,
+                "suffix": config.caption_suffix,
+                "recaption": config.recaption,
+                "device": config.device,
+                "dtype": config.dtype,
+            },
+            batch_size=config.caption_batch_size,
+            concurrency=config.num_caption_actors,
+        )
+    else:
+        ds = ds.map_batches(mark_given_captions, batch_size=64)
+    ds = ds.map_batches(
+        EncodeBatch,
+        fn_constructor_kwargs={
+            "base_ref": config.base,
+            "vae_ref": config.vae,
+            "encode_text": config.encode_text,
+            "device": config.device,
+            "dtype": config.dtype,
+        },
+        batch_size=config.encode_batch_size,
+        concurrency=config.num_encode_actors,
+    )
+    ds.drop_columns(["image"]).write_parquet(shards_uri)
+
+
+def mark_given_captions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    batch["caption_source"] = np.array(["given"] * len(batch["caption"]), dtype=object)
+    return batch
+
+
+# -- manifest ---------------------------------------------------------------------------------
+
+
+def read_cache_columns(cache_uri: str, columns: list[str]) -> dict[str, list[Any]]:
+    """Small columns of the written shards, read back with pyarrow for the manifest."""
+    import pyarrow.dataset as pads
+
+    fs, path = storage.resolve(storage.join(cache_uri, SHARDS))
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
+    return {name: table.column(name).to_pylist() for name in columns}
+
+
+def caption_stats(captions: list[str]) -> dict[str, float]:
+    lengths = [len(c) for c in captions]
+    return {
+        "count": len(lengths),
+        "length_min": min(lengths),
+        "length_mean": round(sum(lengths) / len(lengths), 2),
+        "length_max": max(lengths),
+    }
+
+
+def write_manifest(
+    config: PrepareConfig,
+    source: Source,
+    fingerprint: str,
+    cache_uri: str,
+    plan: Plan,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Summarise the written shards; written last, it marks the cache complete."""
+    cols = read_cache_columns(
+        cache_uri, ["sample_id", "split", "caption", "caption_source", "nan_recomputed"]
+    )
+    if sorted(cols["sample_id"]) != sorted(r["sample_id"] for r in plan.kept):
+        raise RuntimeError("cache rows do not match the plan; refusing to mark it complete")
+    shards = [i.path.rsplit("/", 1)[-1] for i in storage.list_files(storage.join(cache_uri, SHARDS))]
+    manifest = {
+        "format": CACHE_FORMAT,
+        "fingerprint": fingerprint,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "source": {"uri": source.uri, "kind": source.kind, "entries": source.size},
+        "config": config.model_dump(),
+        "models": {"base": config.base, "vae": config.vae, "captioner": config.captioner},
+        "rows": len(cols["sample_id"]),
+        "splits": dict(Counter(cols["split"])),
+        "skipped": plan.skipped,
+        "skipped_files": plan.skipped_files,
+        "duplicates": plan.duplicates,
+        "captions": {
+            **caption_stats(cols["caption"]),
+            "sources": dict(Counter(cols["caption_source"])),
+        },
+        "nan_recomputed": int(sum(cols["nan_recomputed"])),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "shards": shards,
+    }
+    storage.write_json(storage.join(cache_uri, MANIFEST), manifest)
+    return manifest
+
+
+def cache_info(manifest: dict[str, Any], cache_uri: str, *, reused: bool) -> CacheInfo:
+    dup_counts = Counter(d["reason"] for d in manifest["duplicates"])
+    return CacheInfo(
+        uri=cache_uri,
+        fingerprint=manifest["fingerprint"],
+        manifest_uri=storage.join(cache_uri, MANIFEST),
+        reused=reused,
+        num_rows=manifest["rows"],
+        num_train=manifest["splits"].get("train", 0),
+        num_val=manifest["splits"].get("val", 0),
+        skipped=manifest["skipped"],
+        duplicates=dict(dup_counts),
+        timings={} if reused else manifest["timings"],
+    )

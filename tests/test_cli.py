@@ -1,0 +1,75 @@
+"""The `bluepri` command: the demo end to end, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bluepri.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_demo_writes_images_and_contact_sheet(
+    tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "demo"
+    code, out, err = run_cli(
+        capsys,
+        "demo",
+        "--out", str(out_dir),
+        "--num-images", "3",
+        "--dataset-size", "6",
+        "--steps", "5",
+        "--size", "64",
+    )
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == str(out_dir)
+    renders = sorted((out_dir / "renders").glob("*.png"))
+    assert len(renders) == 3
+    sizes = {Image.open(p).size for p in renders}
+    assert sizes == {(64, 64), (80, 64)}  # square and 4:3 landscape
+    for path in renders:
+        assert np.asarray(Image.open(path)).std() > 0
+    sheet = Image.open(out_dir / "contact_sheet.png")
+    assert sheet.width > 3 * 64
+    assert len(list((out_dir / "dataset").glob("*.png"))) == 6
+    assert (out_dir / "dataset" / "metadata.jsonl").is_file()
+
+
+def test_data_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(
+        capsys, "data", "synth", "--out", str(tmp_path / "s"), "--num-images", "6", "--seed", "1"
+    )
+    assert code == 0
+    assert len(list((tmp_path / "s").glob("*.png"))) == 6
+    assert out.strip().splitlines()[-1] == str(tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--num-images", "0"], "num_images"),
+        (["generate", "--prompt", "x", "--out", "o.png", "--base", "tiny:nope"], "tiny:nope"),
+        (["generate", "--prompt", "x", "--out", "o.png", "--base", "{tmp}"], "not a diffusers"),
+        (["demo", "--out", "{tmp}/a-file"], "is a file"),
+        (["data", "synth", "--out", "{tmp}/a-file"], "file"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    code, _, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bluepri: error:") and message in lines[0]
+    assert "Traceback" not in err

@@ -1,0 +1,151 @@
+"""The synthetic blueprint set: deterministic, complete, captioned in range, blueprint-looking,
+loadable as an imagefolder, and strict about bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bluepri.config import BLUEPRINT_FAMILIES, SynthConfig
+from bluepri.data.synth import Content, SynthResult, build_caption, synthesize
+from bluepri.errors import BluepriError
+
+SMALL = {"min_side": 192, "max_side": 320}  # keeps the tests fast; the drawing code is the same
+
+
+def read_rows(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metadata.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def blueprint_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[SynthResult, Path]:
+    out_dir = tmp_path_factory.mktemp("blueprints")
+    config = SynthConfig(out_dir=str(out_dir), num_images=24, seed=7, uncaptioned_fraction=0.25)
+    return synthesize(config), out_dir
+
+
+def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path: Path) -> None:
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        out_dir = tmp_path / name
+        synthesize(SynthConfig(out_dir=str(out_dir), num_images=8, seed=seed, **SMALL))
+        runs[name] = {p.name: p.read_bytes() for p in sorted(out_dir.iterdir())}
+    assert runs["a"] == runs["b"]
+    assert len(runs["a"]) == 9  # 8 images + metadata.jsonl
+    different = [name for name in runs["a"] if runs["a"][name] != runs["c"].get(name)]
+    assert len(different) >= 8
+
+
+def test_every_family_appears_and_sizes_vary_within_bounds(blueprint_set) -> None:
+    result, out_dir = blueprint_set
+    rows = read_rows(out_dir)
+    assert result.num_images == len(rows) == 24
+    assert {row["family"] for row in rows} == set(BLUEPRINT_FAMILIES)
+    assert result.families == {family: 4 for family in BLUEPRINT_FAMILIES}
+    sizes = [Image.open(out_dir / row["file_name"]).size for row in rows]
+    assert all(192 <= side <= 512 for size in sizes for side in size)
+    assert any(w != h for w, h in sizes)
+    assert any(w > h for w, h in sizes) and any(h > w for w, h in sizes)
+    assert len(set(sizes)) > 12
+    for row in rows:
+        assert row["file_name"].startswith("bp_") and row["family"] in row["file_name"]
+
+
+def test_captions_are_in_range_and_the_uncaptioned_count_is_exact(blueprint_set) -> None:
+    result, out_dir = blueprint_set
+    texts = [row["text"] for row in read_rows(out_dir)]
+    assert texts.count(None) == 6  # round(24 * 0.25)
+    assert result.num_captioned == 18
+    for text in texts:
+        if text is not None:
+            assert 30 <= len(text) <= 110, text
+            assert text.startswith("a drawing of ")
+            assert not text.endswith((" ", ",")), text
+
+
+def test_uncaptioned_fraction_extremes(tmp_path: Path) -> None:
+    for fraction, expected_null in ((0.0, 0), (1.0, 5)):
+        out_dir = tmp_path / str(fraction)
+        config = SynthConfig(
+            out_dir=str(out_dir), num_images=5, uncaptioned_fraction=fraction, **SMALL
+        )
+        synthesize(config)
+        assert [row["text"] for row in read_rows(out_dir)].count(None) == expected_null
+
+
+def test_caption_fitting_pads_short_and_drops_clauses_that_overflow() -> None:
+    rng = np.random.default_rng(0)
+    short = build_caption(Content("T", "a gear", []), rng)
+    assert 30 <= len(short) <= 110 and short.startswith("a drawing of a gear")
+    long_clauses = [" with a very long clause about many things" * 2] * 4
+    for _ in range(10):
+        text = build_caption(Content("T", "a floor plan of a house", long_clauses), rng)
+        assert 30 <= len(text) <= 110
+        assert text.startswith("a drawing of a floor plan of a house")
+
+
+def test_images_look_like_blueprints(blueprint_set) -> None:
+    _, out_dir = blueprint_set
+    for row in read_rows(out_dir):
+        pixels = np.asarray(Image.open(out_dir / row["file_name"]).convert("RGB"), float)
+        red, blue = pixels[..., 0], pixels[..., 2]
+        assert blue.mean() > red.mean() + 60, row["file_name"]  # blue ground
+        # White or light-cyan line work: the ground and grid never get this red.
+        light = (red > 150).mean()
+        assert 0.01 < light < 0.4, (row["file_name"], light)
+        # ...and not only the frame: the middle of the sheet holds a drawing.
+        h, w = red.shape
+        assert (red[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] > 150).mean() > 0.004, row
+
+
+def test_tiny_sheets_are_drawn_and_kept_within_bounds(tmp_path: Path) -> None:
+    synthesize(SynthConfig(out_dir=str(tmp_path), num_images=6, min_side=64, max_side=80))
+    for row in read_rows(tmp_path):
+        size = Image.open(tmp_path / row["file_name"]).size
+        assert all(64 <= side <= 80 for side in size), size
+
+
+def test_rerun_replaces_the_previous_set_and_leaves_other_files(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    synthesize(SynthConfig(out_dir=str(tmp_path), num_images=6, **SMALL))
+    synthesize(SynthConfig(out_dir=str(tmp_path), num_images=3, seed=1, **SMALL))
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == sorted(row["file_name"] for row in read_rows(tmp_path))
+    assert len(pngs) == 3
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_family_subset_and_progress_callback(tmp_path: Path) -> None:
+    seen: list[int] = []
+    config = SynthConfig(out_dir=str(tmp_path / "new" / "dir"), num_images=4, **SMALL)
+    config.families = ["aircraft", "kitchen"]
+    result = synthesize(config, on_image=seen.append)
+    assert seen == [0, 1, 2, 3]
+    assert result.families == {"aircraft": 2, "kitchen": 2}
+
+
+def test_bad_inputs_raise_bluepri_error(tmp_path: Path) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(BluepriError, match="not a directory"):
+        synthesize(SynthConfig(out_dir=str(a_file), num_images=1))
+    with pytest.raises(BluepriError, match="choose from: floor_plan, mechanical_part"):
+        synthesize(SynthConfig(out_dir=str(tmp_path / "x"), families=["spaceship"]))
+    with pytest.raises(BluepriError, match="min_side"):
+        synthesize(SynthConfig(out_dir=str(tmp_path / "y"), min_side=400, max_side=300))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_loads_as_a_hugging_face_imagefolder(blueprint_set, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    _, out_dir = blueprint_set
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out_dir), cache_dir=str(tmp_path))
+    train = loaded["train"]
+    assert len(train) == 24
+    assert {"image", "text", "family"} <= set(train.column_names)
+    assert sum(text is None for text in train["text"]) == 6
+    assert train[0]["image"].mode == "RGB"
