@@ -169,10 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     # transformers warns about torchvision (which we deliberately do not install) on import.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        app(args=argv)
+        app(args=argv)  # standalone mode: ends in SystemExit with the command's exit code
     except BluepriError as err:
         print(f"bluepri: error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 from pydantic import BaseModel
 
-from bluepri.config import DemoConfig, SynthConfig
+from bluepri.config import DemoConfig, SynthConfig, build_config
 from bluepri.data.synth import synthesize
 from bluepri.generate import GenerationRequest, generate, load_pipelines
 from bluepri.imaging import contact_sheet
@@ -50,19 +50,18 @@ def catalogue_requests(config: DemoConfig) -> list[GenerationRequest]:
     for index in range(config.num_images):
         prompt, prompt_2 = CATALOGUE_PROMPTS[index % len(CATALOGUE_PROMPTS)]
         width = config.size if index % 2 == 0 else (config.size * 4 // 3) // 8 * 8
-        requests.append(
-            GenerationRequest(
-                prompt=prompt,
-                prompt_2=prompt_2,
-                negative_prompt=NEGATIVE_PROMPT,
-                width=width,
-                height=config.size,
-                num_inference_steps=config.steps,
-                seed=config.seed + index,
-                refine=config.models.refiner is not None,
-                high_noise_frac=config.high_noise_frac,
-            )
-        )
+        values = {
+            "prompt": prompt,
+            "prompt_2": prompt_2,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "width": width,
+            "height": config.size,
+            "num_inference_steps": config.steps,
+            "seed": config.seed + index,
+            "refine": config.models.refiner is not None,
+            "high_noise_frac": config.high_noise_frac,
+        }
+        requests.append(build_config(GenerationRequest, values))
     return requests
 
 

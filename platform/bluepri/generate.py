@@ -54,7 +54,7 @@ class GenerationRequest(StrictModel):
 
     @model_validator(mode="after")
     def refine_needs_steps(self) -> GenerationRequest:
-        if self.refine and int(self.num_inference_steps * (1 - self.high_noise_frac)) < 1:
+        if self.refine and round(self.num_inference_steps * (1 - self.high_noise_frac)) < 1:
             raise ValueError("too few steps for the refiner to run one; raise num_inference_steps")
         return self
 

@@ -149,4 +149,8 @@ class CaptionBatch:
                 captions[i] = caption
                 sources[i] = self.captioner.ref
             self.rows_captioned += len(todo)
-        return {**batch, "caption": object_column(captions), "caption_source": object_column(sources)}
+        return {
+            **batch,
+            "caption": object_column(captions),
+            "caption_source": object_column(sources),
+        }

@@ -18,13 +18,16 @@ batch (one picture size, grouped by bucket upstream) encoded per call.
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from bluepri.data.transforms import to_tensor_input
 from bluepri.errors import BluepriError
 from bluepri.models.loading import from_pretrained, load_vae, parse_dtype, resolve_ref
 
@@ -173,7 +176,9 @@ def load_vae_for(
     return vae.to(device).eval()
 
 
-def load_text_encoders(base_ref: str, *, dtype: str = "float32", device: str = "cpu") -> TextEncoders:
+def load_text_encoders(
+    base_ref: str, *, dtype: str = "float32", device: str = "cpu"
+) -> TextEncoders:
     """Both tokenizers and text encoders of an SDXL base, loaded on their own.
 
     Loading components rather than the whole pipeline keeps the UNet (10 GB in float32 for
@@ -199,11 +204,50 @@ def load_text_encoders(base_ref: str, *, dtype: str = "float32", device: str = "
     return TextEncoders(tokenizers=tokenizers, encoders=encoders)
 
 
-def stack_pixels(pixels: Any) -> torch.Tensor:
-    """A batch's `pixels` column as one float32 tensor (a 4-D array or rows of 3-D ones)."""
-    if isinstance(pixels, np.ndarray) and pixels.dtype != object:
-        return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-    return torch.from_numpy(np.stack([np.asarray(row, dtype=np.float32) for row in pixels]))
+def pixel_rows(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The batch's pictures as float32 3 x H x W rows in [-1, 1].
+
+    From `pixels` when present (a 4-D array, or an object array of 3-D rows), else from
+    `image` (uint8 H x W x 3 rows) through the same `to_tensor_input` the transforms use.
+    """
+    if "pixels" in batch:
+        return [np.asarray(row, dtype=np.float32) for row in batch["pixels"]]
+    return [
+        to_tensor_input(Image.fromarray(np.asarray(row, dtype=np.uint8))) for row in batch["image"]
+    ]
+
+
+def encode_pixel_rows(
+    vae: Any, rows: list[np.ndarray], fp32_vae: Fp32Vae | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Per-row (latents, latents_std, recomputed 0/1), one VAE call per picture size.
+
+    Rows of one size are encoded together; a batch that mixes aspect buckets still works,
+    row i's result always lands back at row i.
+    """
+    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_shape[row.shape].append(i)
+    means: list[Any] = [None] * len(rows)
+    stds: list[Any] = [None] * len(rows)
+    flags = [0] * len(rows)
+    for indices in by_shape.values():
+        pixels = torch.from_numpy(np.stack([rows[i] for i in indices]))
+        latents = encode_latent_dist(vae, pixels, fp32_vae=fp32_vae)
+        for j, i in enumerate(indices):
+            means[i] = latents.mean[j].cpu().numpy()
+            stds[i] = latents.std[j].cpu().numpy()
+            flags[i] = int(latents.recomputed[j])
+    return means, stds, flags
+
+
+def column(rows: list[np.ndarray]) -> np.ndarray:
+    """Stacked when all rows share a shape, else an object array (what Ray Data expects)."""
+    if len({row.shape for row in rows}) <= 1:
+        return np.stack(rows) if rows else np.empty((0,), dtype=np.float32)
+    ragged = np.empty(len(rows), dtype=object)
+    ragged[:] = rows
+    return ragged
 
 
 def caption_list(captions: Any) -> list[str]:
@@ -220,9 +264,11 @@ class EncodeBatch:
     """Encodes a Ray Data numpy batch; models loaded once per actor, one call per batch.
 
     Use with `Dataset.map_batches(EncodeBatch, fn_constructor_args=(base_ref,),
-    fn_constructor_kwargs={...}, compute=ActorPoolStrategy(...))`, one picture size per
-    batch. Input: `pixels` (float32 N x 3 x H x W in [-1, 1]) and `caption`. Output: the
-    batch without `pixels` (the object store should not hold them twice), plus `latents`,
+    fn_constructor_kwargs={...}, compute=ActorPoolStrategy(...))`. Input: `pixels` (float32
+    N x 3 x H x W in [-1, 1]) or, without it, `image` (uint8 H x W x 3 rows), and `caption`.
+    Batches grouped by bucket encode in one VAE call; mixed sizes are encoded per size and
+    give object-array latent columns. Output: the batch without `pixels` (the object store
+    should not hold them twice; `image` is left for the caller to drop), plus `latents`,
     `latents_std`, `nan_recomputed` and, when `encode_text`, `prompt_embeds` and
     `pooled_prompt_embeds`, all float32 numpy, row i computed from row i only.
     """
@@ -238,23 +284,24 @@ class EncodeBatch:
     ) -> None:
         self.vae = load_vae_for(base_ref, vae_ref=vae_ref, dtype=dtype, device=device)
         self.fp32_vae = Fp32Vae(self.vae)
-        self.text = load_text_encoders(base_ref, dtype=dtype, device=device) if encode_text else None
+        self.text = (
+            load_text_encoders(base_ref, dtype=dtype, device=device) if encode_text else None
+        )
         self.rows_encoded = 0
         self.batches_encoded = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {name: column for name, column in batch.items() if name != "pixels"}
+        out = {name: values for name, values in batch.items() if name != "pixels"}
         with torch.inference_mode():
-            pixels = stack_pixels(batch["pixels"])
-            latents = encode_latent_dist(self.vae, pixels, fp32_vae=self.fp32_vae)
-            out["latents"] = latents.mean.cpu().numpy()
-            out["latents_std"] = latents.std.cpu().numpy()
-            out["nan_recomputed"] = latents.recomputed.cpu().numpy().astype(np.int32)
+            rows = pixel_rows(batch)
+            means, stds, flags = encode_pixel_rows(self.vae, rows, self.fp32_vae)
+            out["latents"], out["latents_std"] = column(means), column(stds)
+            out["nan_recomputed"] = np.asarray(flags, dtype=np.int32)
             if self.text is not None:
                 captions = caption_list(batch["caption"])
                 embeds, pooled = encode_prompts(self.text.tokenizers, self.text.encoders, captions)
                 out["prompt_embeds"] = embeds.float().cpu().numpy()
                 out["pooled_prompt_embeds"] = pooled.float().cpu().numpy()
-        self.rows_encoded += len(out["latents"])
+        self.rows_encoded += len(rows)
         self.batches_encoded += 1
         return out
