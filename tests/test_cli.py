@@ -24,11 +24,16 @@ def test_demo_writes_images_and_contact_sheet(
     code, out, err = run_cli(
         capsys,
         "demo",
-        "--out", str(out_dir),
-        "--num-images", "3",
-        "--dataset-size", "6",
-        "--steps", "5",
-        "--size", "64",
+        "--out",
+        str(out_dir),
+        "--num-images",
+        "3",
+        "--dataset-size",
+        "6",
+        "--steps",
+        "5",
+        "--size",
+        "64",
     )
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(out_dir)

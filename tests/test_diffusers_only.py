@@ -36,7 +36,13 @@ print(json.dumps({
 
 def test_vanilla_diffusers_runs_base_then_refiner(tiny_models: dict[str, Path]) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", VANILLA_SCRIPT, str(tiny_models["base"]), str(tiny_models["refiner"])],
+        [
+            sys.executable,
+            "-c",
+            VANILLA_SCRIPT,
+            str(tiny_models["base"]),
+            str(tiny_models["refiner"]),
+        ],
         capture_output=True,
         text=True,
         check=True,

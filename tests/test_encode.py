@@ -7,13 +7,20 @@ shaped like the ones Ray Data hands an actor pool.
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from bluepri.data.caption import GIVEN, CaptionBatch, caption_images, join_caption
+from bluepri.data.caption import (
+    GIVEN,
+    CaptionBatch,
+    _non_eos_special_ids,
+    caption_images,
+    join_caption,
+)
 from bluepri.data.encode import (
     EncodeBatch,
     Fp32Vae,
@@ -165,6 +172,20 @@ def test_caption_images_is_deterministic_and_non_empty():
     assert first == caption_images(captioner, images, prefix="a blueprint of")
     assert all(c.startswith("a blueprint of ") and len(c) > len("a blueprint of ") for c in first)
     assert all(c == " ".join(c.split()) for c in first)
+
+
+def test_caption_end_token_is_never_suppressed():
+    """BLIP-large ends captions on [SEP] (102) while its text config's eos id is 2."""
+    captioner = load_captioner("tiny:blip")
+    tokenizer = captioner.processor.tokenizer
+    real_like = SimpleNamespace(
+        config=SimpleNamespace(
+            text_config=SimpleNamespace(sep_token_id=tokenizer.sep_token_id, eos_token_id=2)
+        )
+    )
+    suppressed = _non_eos_special_ids(tokenizer, real_like)
+    assert tokenizer.sep_token_id not in suppressed
+    assert {tokenizer.pad_token_id, tokenizer.unk_token_id} <= set(suppressed)
 
 
 def test_caption_batch_fills_only_missing_captions_on_mixed_sizes():

@@ -66,7 +66,9 @@ def test_tiny_blip_captions_an_image(tiny_models: dict[str, Path]) -> None:
     from PIL import Image
 
     captioner = load_captioner("tiny:blip")
-    inputs = captioner.processor(images=Image.new("RGB", (90, 70), (20, 60, 160)), return_tensors="pt")
+    inputs = captioner.processor(
+        images=Image.new("RGB", (90, 70), (20, 60, 160)), return_tensors="pt"
+    )
     ids = captioner.model.generate(**inputs, max_new_tokens=8, min_new_tokens=3)
     text = captioner.processor.decode(ids[0], skip_special_tokens=True)
     assert len(text.split()) >= 3

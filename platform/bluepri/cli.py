@@ -11,7 +11,14 @@ from typing import Any
 
 import typer
 
-from bluepri.config import DemoConfig, ModelsConfig, SynthConfig, build_config, load_yaml
+from bluepri.config import (
+    DemoConfig,
+    ModelsConfig,
+    PrepareConfig,
+    SynthConfig,
+    build_config,
+    load_yaml,
+)
 from bluepri.errors import BluepriError
 
 app = typer.Typer(
@@ -80,6 +87,40 @@ def data_synth(
         f"across {len(result.families)} families"
     )
     typer.echo(result.out_dir)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    source: str = typer.Option(None, help="imagefolder, image folder, parquet or hub dataset."),
+    out: str = typer.Option(None, help="Cache root (local path or URI)."),
+    resolution: int = typer.Option(None, "--resolution"),
+    center_crop: bool = typer.Option(None, "--center_crop/--random_crop"),
+    random_flip: bool = typer.Option(None, "--random_flip/--no_random_flip"),
+    image_column: str = typer.Option(None, "--image_column"),
+    caption_column: str = typer.Option(None, "--caption_column"),
+    base: str = typer.Option(None, help="Model whose VAE and text encoders encode the cache."),
+    vae: str = typer.Option(None, help="Replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix."),
+    captioner: str = typer.Option(None, help="BLIP model for missing captions."),
+    recaption: bool = typer.Option(None, "--recaption/--keep_captions"),
+    caption_prefix: str = typer.Option(None, "--caption_prefix"),
+    caption_suffix: str = typer.Option(None, "--caption_suffix"),
+    buckets: bool = typer.Option(None, "--buckets/--square"),
+    augment: bool = typer.Option(None, "--augment/--no_augment"),
+    val_fraction: float = typer.Option(None, "--val_fraction"),
+    dedup_threshold: int = typer.Option(None, "--dedup_threshold"),
+    num_encode_actors: int = typer.Option(None, "--num_encode_actors"),
+    encode_batch_size: int = typer.Option(None, "--encode_batch_size"),
+    device: str = typer.Option(None),
+    dtype: str = typer.Option(None),
+    config: Path = typer.Option(None, help="YAML file with the same keys."),
+) -> None:
+    """Decode, validate, dedup, caption and encode a dataset into a training cache."""
+    values = {k: v for k, v in locals().items() if k != "config"}
+    cfg = config_from(PrepareConfig, config, values)
+    from bluepri.data.prepare import prepare
+
+    info = prepare(cfg, log=typer.echo)
+    typer.echo(info.uri)
 
 
 @app.command("generate")

@@ -66,7 +66,9 @@ def build_config(model: type[ConfigT], values: dict[str, Any]) -> ConfigT:
         raise BluepriError(f"invalid {model.__name__}: {first_error_line(err)}") from None
 
 
-def load_yaml(path: str | Path, model: type[ConfigT], overrides: dict[str, Any] | None = None) -> ConfigT:
+def load_yaml(
+    path: str | Path, model: type[ConfigT], overrides: dict[str, Any] | None = None
+) -> ConfigT:
     """Read a YAML mapping, apply non-None overrides (CLI flags win), validate into `model`."""
     path = Path(path)
     if not path.is_file():

@@ -11,6 +11,14 @@ SHEET_BACKGROUND = (24, 28, 36)
 LABEL_COLOUR = (230, 236, 245)
 
 
+def fit_to_cell(image: Image.Image, cell: int) -> Image.Image:
+    """Scale to fit a cell, up (nearest, so small renders stay crisp) or down (lanczos)."""
+    scale = min(cell / image.width, cell / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    method = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+    return image.resize(size, method)
+
+
 def contact_sheet(
     images: Sequence[Image.Image],
     labels: Sequence[str] | None = None,
@@ -39,8 +47,7 @@ def contact_sheet(
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         x = pad + (index % columns) * (cell + pad)
         y = pad + (index // columns) * (cell + label_height + pad)
-        thumb = image.convert("RGB")
-        thumb.thumbnail((cell, cell), Image.Resampling.LANCZOS)
+        thumb = fit_to_cell(image.convert("RGB"), cell)
         sheet.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
         lines = textwrap.wrap(label, chars_per_line)[:label_lines]
         for n, line in enumerate(lines):

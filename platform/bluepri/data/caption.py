@@ -64,13 +64,13 @@ def caption_images(
 
 
 def _non_eos_special_ids(tokenizer: Any, model: Any) -> list[int]:
-    """Special tokens ([PAD], [UNK], [DEC], ...) other than end-of-sequence.
+    """Special tokens ([PAD], [UNK], [DEC], ...) other than the one that ends a caption.
 
-    Decoding drops them, so a caption made only of them would come out empty.
+    Decoding drops them, so a caption made only of them would come out empty. BLIP's
+    `generate` stops on `text_config.sep_token_id` ([SEP]), NOT on the generation config's
+    eos id (2 in BLIP-large): that is the token that must stay allowed.
     """
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos) if isinstance(eos, list) else {eos}
-    return sorted(set(tokenizer.all_special_ids) - eos_ids)
+    return sorted(set(tokenizer.all_special_ids) - {model.config.text_config.sep_token_id})
 
 
 def join_caption(prefix: str, caption: str, suffix: str) -> str:

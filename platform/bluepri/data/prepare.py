@@ -36,10 +36,29 @@ MANIFEST = "manifest.json"
 SHARDS = "shards"
 # Config fields that change the cache's content; batch sizes, actors and device do not.
 FINGERPRINT_FIELDS = (
-    "source_format", "image_column", "caption_column", "hf_split", "resolution", "center_crop",
-    "random_flip", "buckets", "augment", "seed", "max_pixels", "min_side", "max_aspect_ratio",
-    "dedup_threshold", "captioner", "recaption", "caption_prefix", "caption_suffix", "base",
-    "vae", "encode_text", "val_fraction", "dtype",
+    "source_format",
+    "image_column",
+    "caption_column",
+    "hf_split",
+    "resolution",
+    "center_crop",
+    "random_flip",
+    "buckets",
+    "augment",
+    "seed",
+    "max_pixels",
+    "min_side",
+    "max_aspect_ratio",
+    "dedup_threshold",
+    "captioner",
+    "recaption",
+    "caption_prefix",
+    "caption_suffix",
+    "base",
+    "vae",
+    "encode_text",
+    "val_fraction",
+    "dtype",
 )
 
 
@@ -188,8 +207,12 @@ def plan_rows(scanned: list[dict[str, Any]], config: PrepareConfig) -> Plan:
             skipped[duplicate.reason] += 1
             skipped_files[duplicate.reason].append(row["key"])
             duplicates.append(
-                {"key": row["key"], "reason": duplicate.reason, "of": duplicate.of,
-                 "distance": duplicate.distance}
+                {
+                    "key": row["key"],
+                    "reason": duplicate.reason,
+                    "of": duplicate.of,
+                    "distance": duplicate.distance,
+                }
             )
             continue
         kept.append({"key": row["key"], "caption": row["caption"], "sample_id": row["sample_id"]})
@@ -351,7 +374,9 @@ def write_manifest(
     )
     if sorted(cols["sample_id"]) != sorted(r["sample_id"] for r in plan.kept):
         raise RuntimeError("cache rows do not match the plan; refusing to mark it complete")
-    shards = [i.path.rsplit("/", 1)[-1] for i in storage.list_files(storage.join(cache_uri, SHARDS))]
+    shards = [
+        i.path.rsplit("/", 1)[-1] for i in storage.list_files(storage.join(cache_uri, SHARDS))
+    ]
     manifest = {
         "format": CACHE_FORMAT,
         "fingerprint": fingerprint,

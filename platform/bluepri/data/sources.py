@@ -185,8 +185,11 @@ def read_file_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             blobs.append(storage.read_bytes(path))
         except OSError:
             blobs.append(b"")
-    return {"key": batch["key"], "image_bytes": np.array(blobs, dtype=object),
-            "caption": batch["caption"]}
+    return {
+        "key": batch["key"],
+        "image_bytes": np.array(blobs, dtype=object),
+        "caption": batch["caption"],
+    }
 
 
 def row_image_bytes(value: Any) -> tuple[bytes, str]:

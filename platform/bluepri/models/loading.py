@@ -27,8 +27,14 @@ TINY_PREFIX = "tiny:"
 TINY_SEED = 0
 # A hub id: `owner/name` or a bare `name`, letters, digits and -_. only (no path tricks).
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def bluepri_home() -> Path:
@@ -61,7 +67,7 @@ def resolve_ref(ref: str, kind: ModelKind) -> ResolvedRef:
     if not ref:
         raise BluepriError(f"empty {kind} model reference")
     if ref.startswith(TINY_PREFIX):
-        name = ref[len(TINY_PREFIX):]
+        name = ref[len(TINY_PREFIX) :]
         if name not in TINY_NAMES:
             known = ", ".join(TINY_PREFIX + n for n in TINY_NAMES)
             raise BluepriError(f"unknown model ref {ref!r}: tiny models are {known}")
@@ -130,9 +136,7 @@ def load_vae(ref: str, *, dtype: str | torch.dtype = "float32", device: str = "c
         return from_pretrained(
             AutoencoderKL, resolved, "vae", subfolder="vae", dtype=parse_dtype(dtype)
         ).to(device)
-    return from_pretrained(AutoencoderKL, resolved, "vae", dtype=parse_dtype(dtype)).to(
-        device
-    )
+    return from_pretrained(AutoencoderKL, resolved, "vae", dtype=parse_dtype(dtype)).to(device)
 
 
 def load_base(
@@ -182,7 +186,9 @@ def load_refiner(
         kwargs.update(vae=share_from.vae, text_encoder_2=share_from.text_encoder_2)
     pipe = from_pretrained(StableDiffusionXLImg2ImgPipeline, resolved, "refiner", **kwargs)
     if pipe.unet.config.addition_embed_type != "text_time":
-        raise BluepriError(f"{ref!r} is not an SDXL refiner: its UNet has no text_time conditioning")
+        raise BluepriError(
+            f"{ref!r} is not an SDXL refiner: its UNet has no text_time conditioning"
+        )
     return pipe.to(device)
 
 
