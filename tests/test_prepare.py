@@ -96,7 +96,7 @@ def test_given_captions_kept_missing_ones_made_by_the_model(synth_set: Path, syn
 def test_cached_rows_reproduce_from_their_own_image_and_caption(synth_set: Path, synth_cache):
     config, info = synth_cache
     rows = read_rows(info.uri)
-    vae = load_vae_for("tiny:base")
+    vae = load_vae_for("tiny:base", vae_ref=None)
     text = load_text_encoders("tiny:base")
     for row in random.Random(0).sample(rows, 4):
         image = decode_image((synth_set / row["key"]).read_bytes()).image
@@ -197,5 +197,8 @@ def test_bad_arguments_fail_before_work(
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "cache").exists()
     with pytest.raises(BluepriError):
-        prepare(PrepareConfig.model_construct(**{**tiny_prepare(synth_set, tmp_path).__dict__,
-                                                 **overrides}))
+        prepare(
+            PrepareConfig.model_construct(
+                **{**tiny_prepare(synth_set, tmp_path).__dict__, **overrides}
+            )
+        )

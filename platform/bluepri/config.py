@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bluepri.errors import BluepriError
 
@@ -149,6 +156,9 @@ class PrepareConfig(StrictModel):
     encode_batch_size: int = Field(8, ge=1)
     num_caption_actors: int = Field(1, ge=1)
     num_encode_actors: int = Field(1, ge=1)
+    # Logical CPUs per caption/encode actor. Below 1 so the read and transform tasks still
+    # get a CPU on a small machine: with two whole-CPU actors on 2 cores the stream stalls.
+    actor_cpus: float = Field(0.5, gt=0.0)
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
@@ -166,3 +176,130 @@ class PrepareConfig(StrictModel):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+
+LrSchedulerName = Literal[
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+]
+
+
+class TrainConfig(StrictModel):
+    """`bluepri train`: LoRA fine-tuning of SDXL on Ray Train.
+
+    Field names are the flags of diffusers' `train_text_to_image_lora_sdxl.py` (the paper's
+    §6.1 command), with its defaults where it has them; the platform adds `num_workers`,
+    `use_gpu`, `cache`, `storage_path`, `max_failures`, `experiment_name` and a few more.
+    Data comes from exactly one of `cache` (a prepared cache), `train_data_dir` or
+    `dataset_name` (the data stage runs first, with the same crop/flip/column settings).
+    """
+
+    # models
+    pretrained_model_name_or_path: str = DEFAULT_BASE
+    pretrained_vae_model_name_or_path: str | None = None
+    # data
+    cache: str | None = None
+    train_data_dir: str | None = None
+    dataset_name: str | None = None
+    image_column: str = "image"
+    caption_column: str = "text"
+    cache_root: str | None = None  # where the data stage writes; default <output_dir>/cache
+    captioner: str = DEFAULT_CAPTIONER
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    resolution: int | None = Field(None, ge=64, le=4096)  # None: the cache's, else 1024
+    center_crop: bool = False
+    random_flip: bool = False
+    dataloader_num_workers: int = Field(0, ge=0)
+    # LoRA
+    rank: int = 4
+    lora_alpha: float | None = Field(None, gt=0)  # None: alpha = rank
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1
+    )
+    train_text_encoder: bool = False
+    text_encoder_lr: float | None = Field(None, ge=0)  # None: learning_rate; 0: frozen
+    text_encoder_2_lr: float | None = Field(None, ge=0)
+    # optimisation
+    train_batch_size: int = Field(16, ge=1)
+    num_train_epochs: int = Field(100, ge=1)
+    max_train_steps: int | None = Field(None, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    learning_rate: float = Field(1e-4, gt=0)
+    scale_lr: bool = False
+    lr_scheduler: LrSchedulerName = "constant"
+    lr_warmup_steps: int = Field(500, ge=0)
+    snr_gamma: float | None = Field(None, gt=0)
+    noise_offset: float = Field(0.0, ge=0)
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None  # None: the scheduler's
+    use_8bit_adam: bool = False
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: float = Field(1e-2, ge=0)
+    adam_epsilon: float = Field(1e-08, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    allow_tf32: bool = False
+    seed: int | None = Field(None, ge=0, lt=2**63)  # None: drawn once and recorded
+    # checkpoints
+    checkpointing_steps: int = Field(500, ge=1)
+    checkpoints_total_limit: int | None = Field(None, ge=1)
+    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+    # validation and reporting
+    validation_prompt: str | None = None
+    num_validation_images: int = Field(4, ge=0)
+    validation_epochs: int = Field(1, ge=1)
+    validation_inference_steps: int = Field(25, ge=1, le=500)
+    report_to: Literal["none", "wandb", "mlflow", "tensorboard"] = "none"
+    logging_dir: str = "logs"
+    # output
+    output_dir: str = "sd-model-finetuned-lora"
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    # platform
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    storage_path: str | None = None  # Ray run storage; default <output_dir>/runs
+    max_failures: int = Field(0, ge=-1)  # -1: retry forever (Ray's convention)
+    experiment_name: str | None = None  # default: train-<time>
+
+    @field_validator("resolution")
+    @classmethod
+    def resolution_multiple_of_8(cls, value: int | None) -> int | None:
+        # SDXL's VAE downsamples by 8: other sizes cannot map to whole latents.
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+    @field_validator("rank")
+    @classmethod
+    def rank_positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"LoRA rank must be at least 1, got {value}")
+        return value
+
+    @field_validator("output_dir", "pretrained_model_name_or_path")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def consistent(self) -> TrainConfig:
+        sources = [n for n in ("cache", "train_data_dir", "dataset_name") if getattr(self, n)]
+        if len(sources) != 1:
+            named = ", ".join(sources) if sources else "none"
+            raise ValueError(
+                f"name exactly one data source: cache, train_data_dir or dataset_name (got {named})"
+            )
+        # fp16 autocast with a grad scaler is a GPU feature; CPU autocast supports bf16 only.
+        if self.mixed_precision == "fp16" and not self.use_gpu:
+            raise ValueError("mixed_precision fp16 needs use_gpu (CPUs run no or bf16)")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (owner/name)")
+        return self

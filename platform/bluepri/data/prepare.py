@@ -315,6 +315,7 @@ def build(
             },
             batch_size=config.caption_batch_size,
             concurrency=config.num_caption_actors,
+            **actor_resources(config),
         )
     else:
         ds = ds.map_batches(mark_given_captions, batch_size=64)
@@ -329,8 +330,16 @@ def build(
         },
         batch_size=config.encode_batch_size,
         concurrency=config.num_encode_actors,
+        **actor_resources(config),
     )
     ds.drop_columns(["image"]).write_parquet(shards_uri)
+
+
+def actor_resources(config: PrepareConfig) -> dict[str, float]:
+    """A GPU per model actor when the device is one; else a fraction of a CPU (see config)."""
+    if config.device.startswith("cuda"):
+        return {"num_gpus": 1, "num_cpus": 1}
+    return {"num_cpus": config.actor_cpus}
 
 
 def mark_given_captions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
