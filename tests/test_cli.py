@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def test_demo_writes_images_and_contact_sheet(
-    tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_session, tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out_dir = tmp_path / "demo"
     code, out, err = run_cli(
@@ -47,6 +48,9 @@ def test_demo_writes_images_and_contact_sheet(
     assert sheet.width > 3 * 64
     assert len(list((out_dir / "dataset").glob("*.png"))) == 6
     assert (out_dir / "dataset" / "metadata.jsonl").is_file()
+    manifests = list((out_dir / "cache").glob("*/manifest.json"))
+    assert len(manifests) == 1
+    assert json.loads(manifests[0].read_text())["rows"] == 6
 
 
 def test_data_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

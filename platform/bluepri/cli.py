@@ -16,6 +16,7 @@ from bluepri.config import (
     ModelsConfig,
     PrepareConfig,
     SynthConfig,
+    TrainConfig,
     build_config,
     load_yaml,
 )
@@ -200,6 +201,97 @@ def demo(
     typer.echo(f"contact sheet: {result.contact_sheet}")
     typer.echo(f"images: {Path(result.images[0]).parent}")
     typer.echo(result.out_dir)
+
+
+TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command("train", context_settings=TRAIN_CONTEXT)
+def train_command(
+    ctx: typer.Context,
+    pretrained_model_name_or_path: str = typer.Option(
+        None, "--pretrained_model_name_or_path", help="SDXL base: hub id, folder or tiny:base."
+    ),
+    pretrained_vae_model_name_or_path: str = typer.Option(
+        None, "--pretrained_vae_model_name_or_path", help="e.g. madebyollin/sdxl-vae-fp16-fix."
+    ),
+    dataset_name: str = typer.Option(None, "--dataset_name", help="Hub dataset to prepare."),
+    train_data_dir: str = typer.Option(None, "--train_data_dir", help="Image folder to prepare."),
+    cache: str = typer.Option(None, "--cache", help="A prepared cache (skips the data stage)."),
+    cache_root: str = typer.Option(None, "--cache_root", help="Where the data stage writes."),
+    image_column: str = typer.Option(None, "--image_column"),
+    caption_column: str = typer.Option(None, "--caption_column"),
+    captioner: str = typer.Option(None, "--captioner", help="BLIP model for missing captions."),
+    val_fraction: float = typer.Option(None, "--val_fraction", help="Held-out share of rows."),
+    resolution: int = typer.Option(None, "--resolution"),
+    center_crop: bool = typer.Option(None, "--center_crop/--random_crop"),
+    random_flip: bool = typer.Option(None, "--random_flip/--no_random_flip"),
+    dataloader_num_workers: int = typer.Option(None, "--dataloader_num_workers"),
+    rank: int = typer.Option(None, "--rank", help="LoRA rank."),
+    lora_alpha: float = typer.Option(None, "--lora_alpha", help="LoRA alpha (default: rank)."),
+    lora_targets: str = typer.Option(None, "--lora_targets", help="Comma-separated modules."),
+    train_text_encoder: bool = typer.Option(None, "--train_text_encoder/--freeze_text_encoder"),
+    text_encoder_lr: float = typer.Option(None, "--text_encoder_lr", help="0 keeps it frozen."),
+    text_encoder_2_lr: float = typer.Option(None, "--text_encoder_2_lr"),
+    train_batch_size: int = typer.Option(None, "--train_batch_size"),
+    num_train_epochs: int = typer.Option(None, "--num_train_epochs"),
+    max_train_steps: int = typer.Option(None, "--max_train_steps"),
+    gradient_accumulation_steps: int = typer.Option(None, "--gradient_accumulation_steps"),
+    gradient_checkpointing: bool = typer.Option(
+        None, "--gradient_checkpointing/--no_gradient_checkpointing"
+    ),
+    learning_rate: float = typer.Option(None, "--learning_rate"),
+    scale_lr: bool = typer.Option(None, "--scale_lr/--no_scale_lr"),
+    lr_scheduler: str = typer.Option(None, "--lr_scheduler"),
+    lr_warmup_steps: int = typer.Option(None, "--lr_warmup_steps"),
+    snr_gamma: float = typer.Option(None, "--snr_gamma", help="Min-SNR gamma (e.g. 5.0)."),
+    noise_offset: float = typer.Option(None, "--noise_offset"),
+    prediction_type: str = typer.Option(None, "--prediction_type", help="epsilon|v_prediction"),
+    use_8bit_adam: bool = typer.Option(None, "--use_8bit_adam/--no_8bit_adam"),
+    adam_beta1: float = typer.Option(None, "--adam_beta1"),
+    adam_beta2: float = typer.Option(None, "--adam_beta2"),
+    adam_weight_decay: float = typer.Option(None, "--adam_weight_decay"),
+    adam_epsilon: float = typer.Option(None, "--adam_epsilon"),
+    max_grad_norm: float = typer.Option(None, "--max_grad_norm"),
+    mixed_precision: str = typer.Option(None, "--mixed_precision", help="no, fp16 or bf16."),
+    allow_tf32: bool = typer.Option(None, "--allow_tf32/--no_tf32"),
+    seed: int = typer.Option(None, "--seed"),
+    checkpointing_steps: int = typer.Option(None, "--checkpointing_steps"),
+    checkpoints_total_limit: int = typer.Option(None, "--checkpoints_total_limit"),
+    resume_from_checkpoint: str = typer.Option(
+        None, "--resume_from_checkpoint", help="'latest' or a checkpoint folder."
+    ),
+    validation_prompt: str = typer.Option(None, "--validation_prompt"),
+    num_validation_images: int = typer.Option(None, "--num_validation_images"),
+    validation_epochs: int = typer.Option(None, "--validation_epochs"),
+    validation_inference_steps: int = typer.Option(None, "--validation_inference_steps"),
+    report_to: str = typer.Option(None, "--report_to", help="none, wandb, mlflow, tensorboard."),
+    logging_dir: str = typer.Option(None, "--logging_dir"),
+    output_dir: str = typer.Option(None, "--output_dir"),
+    push_to_hub: bool = typer.Option(None, "--push_to_hub/--no_push_to_hub"),
+    hub_model_id: str = typer.Option(None, "--hub_model_id"),
+    num_workers: int = typer.Option(None, "--num_workers", help="Ray Train workers."),
+    use_gpu: bool = typer.Option(None, "--use_gpu/--cpu", help="One GPU per worker."),
+    storage_path: str = typer.Option(None, "--storage_path", help="Ray run storage (URI ok)."),
+    max_failures: int = typer.Option(None, "--max_failures", help="Worker-group restarts."),
+    experiment_name: str = typer.Option(None, "--experiment_name", help="Ray run name."),
+    config: Path = typer.Option(None, "--config", help="YAML file with the same keys."),
+) -> None:
+    """Fine-tune LoRA on SDXL with Ray Train (the paper's train_text_to_image_lora_sdxl flags)."""
+    if ctx.args:
+        raise BluepriError(f"unknown flag {ctx.args[0]!r}; see `bluepri train --help`")
+    values = {k: v for k, v in locals().items() if k not in ("ctx", "config")}
+    if lora_targets is not None:
+        values["lora_targets"] = [t.strip() for t in lora_targets.split(",") if t.strip()]
+    cfg = config_from(TrainConfig, config, values)
+    from bluepri.train import train  # heavy imports only once the config is valid
+
+    result = train(cfg, log=typer.echo)
+    typer.echo(
+        f"{result.global_step} steps; held-out loss {result.initial_val_loss} -> "
+        f"{result.final_val_loss}"
+    )
+    typer.echo(result.adapter)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,6 +116,7 @@ class DemoConfig(StrictModel):
     steps: int = Field(10, ge=2, le=200)
     high_noise_frac: float = Field(0.8, gt=0.0, lt=1.0)
     models: ModelsConfig = Field(default_factory=ModelsConfig.tiny)
+    captioner: str = "tiny:blip"
 
 
 SourceFormat = Literal["auto", "imagefolder", "folder", "parquet", "hf"]

@@ -1,8 +1,10 @@
 """`bluepri demo`: the platform end to end on the embedded default, on a laptop.
 
-Synthesises a blueprint set, builds the tiny offline models, and renders catalogue prompts
-through the paper's two-stage base -> refiner process with both prompts, writing the images
-and contact sheets into one output folder. Each stage that lands adds its step here.
+Synthesises a blueprint set, prepares it into a training cache on Ray Data (validation,
+dedup, BLIP captions for the uncaptioned drawings, VAE + text-encoder embeddings), and
+renders catalogue prompts through the paper's two-stage base -> refiner process with both
+prompts, writing images and contact sheets into one output folder. Each stage that lands
+adds its step here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from PIL import Image
 from pydantic import BaseModel
 
-from bluepri.config import DemoConfig, SynthConfig, build_config
+from bluepri.config import DemoConfig, PrepareConfig, SynthConfig, build_config
+from bluepri.data.prepare import CacheInfo, prepare
 from bluepri.data.synth import synthesize
 from bluepri.generate import GenerationRequest, generate, load_pipelines
 from bluepri.imaging import contact_sheet
@@ -40,6 +43,7 @@ class DemoResult(BaseModel):
     out_dir: str
     dataset_dir: str
     dataset_sheet: str
+    cache: CacheInfo
     images: list[str]
     contact_sheet: str
 
@@ -71,7 +75,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
     renders = output_folder(out / "renders")
     requests = catalogue_requests(config)  # validate everything before the first step
 
-    log(f"[1/3] synthesising {config.dataset_size} blueprints")
+    log(f"[1/4] synthesising {config.dataset_size} blueprints")
     dataset = synthesize(
         SynthConfig(out_dir=str(out / "dataset"), num_images=config.dataset_size, seed=config.seed)
     )
@@ -81,10 +85,26 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
         dataset_sheet
     )
 
-    log(f"[2/3] loading models (base {config.models.base}, refiner {config.models.refiner})")
+    log("[2/4] preparing the training cache (Ray Data: validate, dedup, caption, encode)")
+    cache = prepare(
+        PrepareConfig(
+            source=dataset.out_dir,
+            out=str(out / "cache"),
+            resolution=config.size,
+            center_crop=True,
+            random_flip=True,
+            base=config.models.base,
+            vae=config.models.vae,
+            captioner=config.captioner,
+        ),
+        log=log,
+    )
+    log(f"  cache: {cache.uri}")
+
+    log(f"[3/4] loading models (base {config.models.base}, refiner {config.models.refiner})")
     pipes = load_pipelines(config.models)
 
-    log(f"[3/3] rendering {len(requests)} catalogue prompts (base -> refiner)")
+    log(f"[4/4] rendering {len(requests)} catalogue prompts (base -> refiner)")
     paths, images = [], []
     for index, request in enumerate(requests):
         result = generate(pipes, request)
@@ -99,6 +119,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
         out_dir=str(out),
         dataset_dir=dataset.out_dir,
         dataset_sheet=str(dataset_sheet),
+        cache=cache,
         images=paths,
         contact_sheet=str(sheet),
     )

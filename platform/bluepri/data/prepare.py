@@ -292,6 +292,8 @@ def build(
     source: Source, config: PrepareConfig, plan: Plan, shards_uri: str, needs_captions: bool
 ) -> None:
     """Stream planned rows through transform -> caption -> encode -> parquet shards."""
+    from ray.data import ActorPoolStrategy
+
     from bluepri.data.caption import CaptionBatch
     from bluepri.data.encode import EncodeBatch
 
@@ -314,7 +316,7 @@ def build(
                 "dtype": config.dtype,
             },
             batch_size=config.caption_batch_size,
-            concurrency=config.num_caption_actors,
+            compute=ActorPoolStrategy(size=config.num_caption_actors),
             **actor_resources(config),
         )
     else:
@@ -329,7 +331,7 @@ def build(
             "dtype": config.dtype,
         },
         batch_size=config.encode_batch_size,
-        concurrency=config.num_encode_actors,
+        compute=ActorPoolStrategy(size=config.num_encode_actors),
         **actor_resources(config),
     )
     ds.drop_columns(["image"]).write_parquet(shards_uri)

@@ -22,6 +22,7 @@ from bluepri.errors import BluepriError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA_FILE = "metadata.jsonl"
+FILES_PER_BLOCK = 16
 
 
 @dataclass
@@ -224,7 +225,11 @@ def source_dataset(source: Source, config: PrepareConfig, entries: list[dict] | 
 
     if source.kind in ("imagefolder", "folder"):
         rows = entries if entries is not None else source.entries
-        return ray.data.from_items(rows).map_batches(read_file_batch, batch_size=16)
+        # Blocks of ~16 files: one task per file would pay Ray's per-task cost per image.
+        blocks = max(1, -(-len(rows) // FILES_PER_BLOCK))
+        return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+            read_file_batch, batch_size=FILES_PER_BLOCK
+        )
     if source.kind == "parquet":
         ds = ray.data.read_parquet(
             source.files, columns=[config.image_column, config.caption_column]
