@@ -131,7 +131,7 @@ def test_family_subset_and_progress_callback(tmp_path: Path) -> None:
 def test_bad_inputs_raise_bluepri_error(tmp_path: Path) -> None:
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    with pytest.raises(BluepriError, match="not a directory"):
+    with pytest.raises(BluepriError, match="is a file, not a folder"):
         synthesize(SynthConfig(out_dir=str(a_file), num_images=1))
     with pytest.raises(BluepriError, match="choose from: floor_plan, mechanical_part"):
         synthesize(SynthConfig(out_dir=str(tmp_path / "x"), families=["spaceship"]))

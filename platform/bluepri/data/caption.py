@@ -10,13 +10,14 @@ missing, and records in `caption_source` where each caption came from.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from bluepri.data.columns import object_column
 from bluepri.models.loading import Captioner, load_captioner
 
 GIVEN = "given"
@@ -90,14 +91,6 @@ def rows_to_images(images: Any) -> list[Image.Image]:
     of 3-D arrays when they do not; both iterate row by row.
     """
     return [Image.fromarray(np.asarray(row, dtype=np.uint8)) for row in images]
-
-
-def object_column(values: Iterable[Any]) -> np.ndarray:
-    """A 1-D object array, built element-wise so numpy never tries to nest the values."""
-    values = list(values)
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
 
 
 class CaptionBatch:

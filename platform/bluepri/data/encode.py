@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bluepri.data.columns import stack_column
 from bluepri.data.transforms import to_tensor_input
 from bluepri.errors import BluepriError
 from bluepri.models.loading import from_pretrained, load_vae, parse_dtype, resolve_ref
@@ -241,15 +242,6 @@ def encode_pixel_rows(
     return means, stds, flags
 
 
-def column(rows: list[np.ndarray]) -> np.ndarray:
-    """Stacked when all rows share a shape, else an object array (what Ray Data expects)."""
-    if len({row.shape for row in rows}) <= 1:
-        return np.stack(rows) if rows else np.empty((0,), dtype=np.float32)
-    ragged = np.empty(len(rows), dtype=object)
-    ragged[:] = rows
-    return ragged
-
-
 def caption_list(captions: Any) -> list[str]:
     """The `caption` column as str; a missing caption here is a bug upstream, not ""."""
     out = []
@@ -295,7 +287,7 @@ class EncodeBatch:
         with torch.inference_mode():
             rows = pixel_rows(batch)
             means, stds, flags = encode_pixel_rows(self.vae, rows, self.fp32_vae)
-            out["latents"], out["latents_std"] = column(means), column(stds)
+            out["latents"], out["latents_std"] = stack_column(means), stack_column(stds)
             out["nan_recomputed"] = np.asarray(flags, dtype=np.int32)
             if self.text is not None:
                 captions = caption_list(batch["caption"])

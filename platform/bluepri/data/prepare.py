@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from bluepri import storage
 from bluepri.config import PrepareConfig
 from bluepri.data import decode, transforms
+from bluepri.data.columns import stack_column
 from bluepri.data.dedup import Deduplicator
 from bluepri.data.sources import Source, digest, open_source, source_dataset
 from bluepri.errors import BluepriError
@@ -272,20 +273,9 @@ def transform_batch(config: PrepareConfig, lookup: dict[str, dict[str, Any]]):
             out["image"].append(np.asarray(prepared.image, dtype=np.uint8))
             out["time_ids"].append(np.array(prepared.time_ids, dtype=np.int64))
             out["flipped"].append(prepared.flipped)
-        return {k: column(v) for k, v in out.items()}
+        return {k: stack_column(v) for k, v in out.items()}
 
     return transform_fn
-
-
-def column(values: list[Any]) -> np.ndarray:
-    """A batch column: stacked when shapes agree, else an object array (ragged buckets)."""
-    if values and isinstance(values[0], np.ndarray):
-        if len({v.shape for v in values}) == 1:
-            return np.stack(values)
-        ragged = np.empty(len(values), dtype=object)
-        ragged[:] = values
-        return ragged
-    return np.array(values, dtype=object if values and isinstance(values[0], str) else None)
 
 
 def build(

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from bluepri.config import BLUEPRINT_FAMILIES, SynthConfig
 from bluepri.errors import BluepriError
+from bluepri.storage import output_folder
 
 METADATA_NAME = "metadata.jsonl"
 CAPTION_MIN, CAPTION_MAX = 30, 110
@@ -1159,12 +1160,7 @@ def checked_families(config: SynthConfig) -> list[str]:
 
 def prepare_out_dir(out_dir: Path) -> None:
     """Create out_dir, or clear the set a previous run wrote there (only the files it listed)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BluepriError(f"out_dir {out_dir} exists and is not a directory; give a folder path")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BluepriError(f"cannot create out_dir {out_dir}: {err.strerror}") from None
+    output_folder(out_dir)
     metadata = out_dir / METADATA_NAME
     if not metadata.is_file():
         return
