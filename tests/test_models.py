@@ -114,3 +114,24 @@ def test_unreachable_hub_id_names_the_ref(monkeypatch: pytest.MonkeyPatch) -> No
     message = str(err.value)
     assert "stabilityai/stable-diffusion-xl-base-1.0" in message and "tiny:base" in message
     assert "\n" not in message
+
+
+def test_saved_lora_reloads_in_vanilla_diffusers_with_its_alpha(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from bluepri.models.lora import attach_lora, save_lora_folder
+
+    trained = load_base("tiny:base")
+    torch.manual_seed(0)
+    attach_lora(trained.unet, rank=4, alpha=8, init=False)  # scale alpha / rank = 2
+    save_lora_folder(tmp_path / "adapter", trained.unet)
+    reloaded = load_base("tiny:base")
+    reloaded.load_lora_weights(str(tmp_path / "adapter"))
+    inputs = (torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 96))
+    cond = {"text_embeds": torch.randn(1, 64), "time_ids": torch.randn(1, 6)}
+    with torch.no_grad():
+        want = trained.unet(*inputs, added_cond_kwargs=cond).sample
+        got = reloaded.unet(*inputs, added_cond_kwargs=cond).sample
+    assert torch.equal(want, got)

@@ -157,9 +157,10 @@ class PrepareConfig(StrictModel):
     encode_batch_size: int = Field(8, ge=1)
     num_caption_actors: int = Field(1, ge=1)
     num_encode_actors: int = Field(1, ge=1)
-    # Logical CPUs per caption/encode actor. Below 1 so the read and transform tasks still
-    # get a CPU on a small machine: with two whole-CPU actors on 2 cores the stream stalls.
-    actor_cpus: float = Field(0.5, gt=0.0)
+    # Logical CPUs per caption/encode actor and per read/transform task. None: the cluster's
+    # CPUs shared out so every stage fits at once (whole-CPU actors on a 2-core machine would
+    # leave the read tasks no CPU and the stream would stall).
+    stage_cpus: float | None = Field(None, gt=0.0)
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
@@ -195,8 +196,8 @@ class TrainConfig(StrictModel):
     Field names are the flags of diffusers' `train_text_to_image_lora_sdxl.py` (the paper's
     §6.1 command), with its defaults where it has them; the platform adds `num_workers`,
     `use_gpu`, `cache`, `storage_path`, `max_failures`, `experiment_name` and a few more.
-    Data comes from exactly one of `cache` (a prepared cache), `train_data_dir` or
-    `dataset_name` (the data stage runs first, with the same crop/flip/column settings).
+    Data comes from `cache` (a prepared cache), else from `train_data_dir` or `dataset_name`
+    (the data stage runs first, with the same crop/flip/column settings).
     """
 
     # models
@@ -292,12 +293,12 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def consistent(self) -> TrainConfig:
-        sources = [n for n in ("cache", "train_data_dir", "dataset_name") if getattr(self, n)]
-        if len(sources) != 1:
-            named = ", ".join(sources) if sources else "none"
-            raise ValueError(
-                f"name exactly one data source: cache, train_data_dir or dataset_name (got {named})"
-            )
+        # A prepared cache wins over a source (so a YAML's dataset can be overridden with
+        # `cache=...`); two raw sources are ambiguous.
+        if not (self.cache or self.train_data_dir or self.dataset_name):
+            raise ValueError("name the data: cache, train_data_dir or dataset_name")
+        if not self.cache and self.train_data_dir and self.dataset_name:
+            raise ValueError("name one of train_data_dir and dataset_name, not both")
         # fp16 autocast with a grad scaler is a GPU feature; CPU autocast supports bf16 only.
         if self.mixed_precision == "fp16" and not self.use_gpu:
             raise ValueError("mixed_precision fp16 needs use_gpu (CPUs run no or bf16)")

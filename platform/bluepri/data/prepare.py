@@ -291,8 +291,9 @@ def build(
     kept_entries = None
     if source.entries:
         kept_entries = [e for e in source.entries if e["key"] in lookup]
-    ds = source_dataset(source, config, entries=kept_entries).map_batches(
-        transform_batch(config, lookup), batch_size=16
+    cpus = stage_cpus(config, needs_captions)
+    ds = source_dataset(source, config, entries=kept_entries, num_cpus=cpus).map_batches(
+        transform_batch(config, lookup), batch_size=16, num_cpus=cpus
     )
     if needs_captions:
         ds = ds.map_batches(
@@ -307,7 +308,7 @@ def build(
             },
             batch_size=config.caption_batch_size,
             compute=ActorPoolStrategy(size=config.num_caption_actors),
-            **actor_resources(config),
+            **actor_resources(config, cpus),
         )
     else:
         ds = ds.map_batches(mark_given_captions, batch_size=64)
@@ -322,16 +323,33 @@ def build(
         },
         batch_size=config.encode_batch_size,
         compute=ActorPoolStrategy(size=config.num_encode_actors),
-        **actor_resources(config),
+        **actor_resources(config, cpus),
     )
     ds.drop_columns(["image"]).write_parquet(shards_uri)
 
 
-def actor_resources(config: PrepareConfig) -> dict[str, float]:
-    """A GPU per model actor when the device is one; else a fraction of a CPU (see config)."""
+def stage_cpus(config: PrepareConfig, needs_captions: bool) -> float:
+    """CPUs per actor and per task, so that all actors plus one task fit the cluster at once.
+
+    Ray Data holds actors for the whole stream; if they took every CPU, the read/transform
+    tasks feeding them could never be scheduled and the stream would stall.
+    """
+    if config.stage_cpus is not None:
+        return config.stage_cpus
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1.0)
+    actors = config.num_encode_actors + (config.num_caption_actors if needs_captions else 0)
     if config.device.startswith("cuda"):
-        return {"num_gpus": 1, "num_cpus": 1}
-    return {"num_cpus": config.actor_cpus}
+        actors = 0  # model actors hold GPUs, not CPUs
+    return min(1.0, total / (actors + 1))
+
+
+def actor_resources(config: PrepareConfig, cpus: float) -> dict[str, float]:
+    """A GPU per model actor when the device is one; else a share of the CPUs."""
+    if config.device.startswith("cuda"):
+        return {"num_gpus": 1, "num_cpus": min(1.0, cpus)}
+    return {"num_cpus": cpus}
 
 
 def mark_given_captions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

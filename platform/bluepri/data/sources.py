@@ -219,7 +219,12 @@ def normalise_table_batch(image_column: str, caption_column: str):
     return normalise
 
 
-def source_dataset(source: Source, config: PrepareConfig, entries: list[dict] | None = None):
+def source_dataset(
+    source: Source,
+    config: PrepareConfig,
+    entries: list[dict] | None = None,
+    num_cpus: float = 1.0,
+):
     """A Ray Dataset of `key, image_bytes, caption` rows (lazily read, streamed)."""
     import ray.data
 
@@ -228,14 +233,18 @@ def source_dataset(source: Source, config: PrepareConfig, entries: list[dict] | 
         # Blocks of ~16 files: one task per file would pay Ray's per-task cost per image.
         blocks = max(1, -(-len(rows) // FILES_PER_BLOCK))
         return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-            read_file_batch, batch_size=FILES_PER_BLOCK
+            read_file_batch, batch_size=FILES_PER_BLOCK, num_cpus=num_cpus
         )
     if source.kind == "parquet":
         ds = ray.data.read_parquet(
-            source.files, columns=[config.image_column, config.caption_column]
+            source.files,
+            columns=[config.image_column, config.caption_column],
+            ray_remote_args={"num_cpus": num_cpus},
         )
     else:
         ds = ray.data.from_huggingface(source.hf_dataset)
     return ds.map_batches(
-        normalise_table_batch(config.image_column, config.caption_column), batch_size=16
+        normalise_table_batch(config.image_column, config.caption_column),
+        batch_size=FILES_PER_BLOCK,
+        num_cpus=num_cpus,
     )

@@ -62,6 +62,18 @@ def save_lora_folder(
         unet_lora_layers=lora_state_dict(unet),
         text_encoder_lora_layers=lora_state_dict(text_encoder) if text_encoder else None,
         text_encoder_2_lora_layers=lora_state_dict(text_encoder_2) if text_encoder_2 else None,
+        # The peft config travels in the safetensors metadata, so a vanilla loader applies
+        # alpha / rank; without it diffusers assumes alpha == rank.
+        unet_lora_adapter_metadata=adapter_metadata(unet),
+        text_encoder_lora_adapter_metadata=adapter_metadata(text_encoder),
+        text_encoder_2_lora_adapter_metadata=adapter_metadata(text_encoder_2),
         safe_serialization=True,
     )
     return folder
+
+
+def adapter_metadata(model: Any | None) -> dict[str, Any] | None:
+    """The model's peft LoraConfig as a dict (what diffusers stores beside the weights)."""
+    if model is None or not getattr(model, "peft_config", None):
+        return None
+    return next(iter(model.peft_config.values())).to_dict()
