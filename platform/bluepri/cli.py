@@ -294,6 +294,133 @@ def train_command(
     typer.echo(result.adapter)
 
 
+adapters_app = typer.Typer(
+    help="Adapter registry: put, list, show, verify, promote, roll back, export.",
+    no_args_is_help=True,
+)
+app.add_typer(adapters_app, name="adapters")
+REGISTRY_HELP = "Registry root, a path or URI (default: $BLUEPRI_HOME/registry)."
+
+
+def open_registry(root: str | None):
+    from bluepri.registry import AdapterRegistry
+
+    return AdapterRegistry(root)
+
+
+@adapters_app.command("list")
+def adapters_list(
+    name: str = typer.Argument(None, help="Only this adapter's versions."),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+) -> None:
+    """Stored versions: champion mark, created, rank, held-out loss, sha256."""
+    store = open_registry(registry)
+    records = store.list(name)
+    if not records:
+        typer.echo(f"no adapters in {store.uri}")
+        return
+    champions = {n: store.champion(n) for n in {r.name for r in records}}
+    for record in records:
+        mark = "*" if champions[record.name] == record.version else " "
+        loss = record.metrics.get("final_val_loss")
+        typer.echo(
+            f"{mark} {record.name}/{record.version}  {record.info.get('created', '-')}  "
+            f"rank {record.info.get('rank', '-')}  val_loss {loss if loss is not None else '-'}  "
+            f"sha256 {record.sha256[:12]}"
+        )
+
+
+@adapters_app.command("show")
+def adapters_show(
+    name: str = typer.Argument(..., help="Adapter name."),
+    version: str = typer.Argument("champion", help="Version, 'champion' or 'latest'."),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+) -> None:
+    """A version's adapter.json, files and champion status, as JSON."""
+    import json
+
+    typer.echo(json.dumps(open_registry(registry).show(name, version), indent=2, default=str))
+
+
+@adapters_app.command("put")
+def adapters_put(
+    folder: str = typer.Argument(..., help="Adapter artifact folder (path or URI)."),
+    name: str = typer.Option(..., "--name", help="Adapter name to store it under."),
+    version: str = typer.Option(None, "--version", help="Version id (default: next v0001...)."),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+) -> None:
+    """Copy an adapter artifact into the registry as a new, immutable version."""
+    record = open_registry(registry).put(folder, name, version)
+    typer.echo(f"{record.name}/{record.version} sha256 {record.sha256[:12]} -> {record.uri}")
+
+
+@adapters_app.command("verify")
+def adapters_verify(
+    name: str = typer.Argument(..., help="Adapter name."),
+    version: str = typer.Argument(None, help="One version (default: every version)."),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+) -> None:
+    """Check sha256 and file types of one or every version; exit 2 if any fails."""
+    store = open_registry(registry)
+    versions = [version] if version else store.versions(name)
+    failed = 0
+    for each in versions:
+        try:
+            record = store.verify(name, each)
+            typer.echo(f"ok {name}/{record.version} sha256 {record.sha256[:12]}")
+        except BluepriError as err:
+            failed += 1
+            typer.echo(f"FAILED {name}/{each}: {err}")
+    if failed:
+        raise BluepriError(f"{failed} of {len(versions)} versions of {name!r} failed verification")
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    name: str = typer.Argument(..., help="Adapter name."),
+    version: str = typer.Argument(..., help="Version to make champion (or 'latest')."),
+    reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+) -> None:
+    """Make a verified version the champion."""
+    decision = open_registry(registry).promote(name, version, reason)
+    typer.echo(f"{name}: champion {decision.champion_before} -> {decision.champion_after}")
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    name: str = typer.Argument(..., help="Adapter name."),
+    reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+) -> None:
+    """Make the previous champion champion again."""
+    decision = open_registry(registry).rollback(name, reason)
+    typer.echo(f"{name}: champion {decision.champion_before} -> {decision.champion_after}")
+
+
+@adapters_app.command("history")
+def adapters_history(
+    name: str = typer.Argument(..., help="Adapter name."),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+) -> None:
+    """Every put, promote, reject and rollback, oldest first."""
+    for event in open_registry(registry).history(name):
+        details = event.get("reason") or event.get("sha256", "")[:12]
+        typer.echo(f"{event.get('at')}  {event.get('action'):8}  {event.get('version')}  {details}")
+
+
+@adapters_app.command("export")
+def adapters_export(
+    name: str = typer.Argument(..., help="Adapter name."),
+    version: str = typer.Argument("champion", help="Version, 'champion' or 'latest'."),
+    out: str = typer.Option(..., "--out", help="Folder to write into (path or URI)."),
+    format: str = typer.Option("kohya", "--format", help="kohya (ComfyUI/A1111) or diffusers."),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+) -> None:
+    """Write a verified copy in kohya (one .safetensors) or diffusers (a folder) format."""
+    typer.echo(open_registry(registry).export(name, version, out, format=format))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one `bluepri: error:` line on stderr and exit code 2.
 

@@ -305,3 +305,79 @@ class TrainConfig(StrictModel):
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (owner/name)")
         return self
+
+
+# Hyperparameters a search may vary: TrainConfig fields, each with the kinds that fit it.
+TUNABLE_PARAMETERS = {
+    "learning_rate": ("loguniform", "uniform", "choice"),
+    "rank": ("int", "choice"),
+    "snr_gamma": ("uniform", "loguniform", "choice"),
+    "noise_offset": ("uniform", "choice"),
+    "lora_alpha": ("uniform", "choice"),
+    "lr_warmup_steps": ("int", "choice"),
+}
+
+
+class ParamSpec(StrictModel):
+    """One dimension of the search space. `choice` may hold null (e.g. snr_gamma off)."""
+
+    kind: Literal["loguniform", "uniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    choices: list[Any] | None = None
+    log: bool = False  # for `int`: sample on a log scale (ranks 4..128)
+
+    @model_validator(mode="after")
+    def bounds_make_sense(self) -> ParamSpec:
+        if self.kind == "choice":
+            if not self.choices:
+                raise ValueError("a choice needs a non-empty `choices` list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.kind} range needs `low` and `high`")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if (self.kind == "loguniform" or self.log) and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        return self
+
+
+def default_search_space() -> dict[str, ParamSpec]:
+    """The paper's three knobs: learning rate, LoRA rank and Min-SNR gamma (or off)."""
+    return {
+        "learning_rate": ParamSpec(kind="loguniform", low=1e-5, high=1e-3),
+        "rank": ParamSpec(kind="int", low=4, high=128, log=True),
+        "snr_gamma": ParamSpec(kind="choice", choices=[None, 1.0, 5.0]),
+    }
+
+
+class SearchConfig(StrictModel):
+    """`bluepri tune`: a Ray Tune + Optuna (TPE) + ASHA search of training runs on ONE cache."""
+
+    experiment_name: str = Field("blueprint-search", pattern=r"^[A-Za-z0-9][\w.-]*$")
+    storage_path: str = "bluepri-tune"
+    num_trials: int = Field(8, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)  # None: fitted to the cluster's CPUs
+    seed: int = 0
+    space: dict[str, ParamSpec] = Field(default_factory=default_search_space)
+    grace_period: int = Field(1, ge=1)  # ASHA: validations before a trial may be stopped
+    reduction_factor: float = Field(2.0, gt=1.0)
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig keys shared by trials
+    prepare: dict[str, Any] = Field(default_factory=dict)  # extra PrepareConfig keys (captioner)
+    registry: str | None = None  # default $BLUEPRI_HOME/registry
+    adapter_name: str = "blueprints"
+    promote: bool = True
+
+    @field_validator("space")
+    @classmethod
+    def known_parameters(cls, space: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        if not space:
+            raise ValueError("the search space is empty; name at least one parameter")
+        for name, spec in space.items():
+            if name not in TUNABLE_PARAMETERS:
+                raise ValueError(
+                    f"unknown parameter {name!r}; tunable: {', '.join(TUNABLE_PARAMETERS)}"
+                )
+            if spec.kind not in TUNABLE_PARAMETERS[name]:
+                raise ValueError(f"{name} cannot be a {spec.kind} (use {TUNABLE_PARAMETERS[name]})")
+        return space

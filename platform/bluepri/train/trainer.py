@@ -1,0 +1,418 @@
+"""`train`: the public entry point, running the loop on a Ray Train `TorchTrainer`.
+
+On the driver, before any worker starts: validate everything that can be wrong (base model,
+trackers, optional packages, hub access, the cache, the resume target), prepare the cache if
+needed, and fix the plan (epochs, steps, learning rates, seed). Then Ray Train runs
+`train_loop_per_worker` on `num_workers` workers, restarting the group from the latest
+checkpoint on a worker failure (`FailureConfig(max_failures)`).
+
+Runs live under `<storage_path>/<experiment_name>` (default `<output_dir>/runs/train-<time>`):
+Ray keeps the checkpoints there and, for a run name it has seen, hands the latest back on
+start, which is how `--resume_from_checkpoint latest` continues a run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import secrets
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from bluepri import storage
+from bluepri.config import PrepareConfig, TrainConfig, build_config
+from bluepri.errors import BluepriError
+from bluepri.models.loading import resolve_ref
+from bluepri.train.artifact import ADAPTER_JSON, LOSS_CURVE, METRICS_JSON
+from bluepri.train.checkpoint import STATE, latest_checkpoint
+from bluepri.train.data import TrainPlan, batches_per_epoch, read_index, read_manifest
+from bluepri.train.loop import RESUME_KEYS
+from bluepri.train.models import text_encoder_rates
+from bluepri.train.report import require_tracker
+
+# Fault injection for the acceptance test (read on the driver, handed to the workers).
+CRASH_STEP_ENV = "BLUEPRI_TEST_CRASH_AT_STEP"
+CRASH_MARKER_ENV = "BLUEPRI_TEST_CRASH_MARKER"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+class TrainResult(BaseModel):
+    """What a training run produced and how it went."""
+
+    output_dir: str
+    adapter: str  # the adapter folder (pytorch_lora_weights.safetensors + adapter.json)
+    weights_sha256: str
+    global_step: int
+    epochs: int
+    initial_val_loss: float | None
+    final_val_loss: float | None
+    best_val_loss: float | None
+    metrics_history: str  # metrics.json: every step's loss and every validation
+    loss_curve: str
+    checkpoint: str | None  # the run's latest checkpoint
+    run_dir: str
+    resumed_at: list[int]  # steps the run restarted from (after a crash or a resume)
+    samples_per_s: float | None  # training throughput over all workers (steps only)
+    cache_uri: str
+    cache_fingerprint: str
+    seed: int
+
+
+def train(
+    config: TrainConfig,
+    *,
+    log: Callable[[str], None] = print,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Fine-tune LoRA adapters on SDXL as `config` says; returns where the adapter is.
+
+    `callbacks` are extra Ray Train callbacks (e.g. Tune's `TuneReportCallback` when a Tune
+    trial runs this function).
+    """
+    config = with_resolved_paths(config)
+    check_base_model(config.pretrained_model_name_or_path)
+    if config.pretrained_vae_model_name_or_path:
+        resolve_ref(config.pretrained_vae_model_name_or_path, "vae")
+    require_tracker(config.report_to)
+    if config.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        raise BluepriError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
+    if config.push_to_hub:
+        check_hub_access()
+    run_name, resume_from, resume_state = resolve_run(config, log)
+    if config.seed is None:
+        seed = resume_state["plan"]["seed"] if resume_state else secrets.randbelow(2**31)
+        config = build_config(TrainConfig, {**config.model_dump(), "seed": seed})
+
+    cache_uri = cache_for(config, log)
+    plan = make_plan(config, cache_uri)
+    if resume_state:
+        check_same_plan(resume_state, plan)
+    log(
+        f"training {plan.max_train_steps} steps ({plan.num_epochs} epochs x "
+        f"{plan.updates_per_epoch} steps) on {plan.num_train} rows with {plan.world_size} "
+        f"worker(s); run {run_name}"
+    )
+
+    from bluepri.runtime import ensure_ray
+
+    ensure_ray()
+    result = fit(config, plan, run_name, resume_from, callbacks)
+    summary = result.return_value or {}
+    info = storage.read_json(storage.join(config.output_dir, ADAPTER_JSON))
+    if config.push_to_hub:
+        push_to_hub(config.output_dir, config.hub_model_id, log)
+    return TrainResult(
+        output_dir=config.output_dir,
+        adapter=config.output_dir,
+        weights_sha256=info["weights"]["sha256"],
+        global_step=summary.get("global_step", info["metrics"]["global_step"]),
+        epochs=summary.get("epochs", info["metrics"]["epochs"]),
+        initial_val_loss=info["metrics"]["initial_val_loss"],
+        final_val_loss=info["metrics"]["final_val_loss"],
+        best_val_loss=info["metrics"]["best_val_loss"],
+        metrics_history=storage.join(config.output_dir, METRICS_JSON),
+        loss_curve=storage.join(config.output_dir, LOSS_CURVE),
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        run_dir=storage.join(config.storage_path, run_name),
+        resumed_at=info["metrics"]["resumed_at"],
+        samples_per_s=info["metrics"]["samples_per_s"],
+        cache_uri=plan.cache_uri,
+        cache_fingerprint=plan.cache_fingerprint,
+        seed=plan.seed,
+    )
+
+
+def fit(
+    config: TrainConfig,
+    plan: TrainPlan,
+    run_name: str,
+    resume_from: str | None,
+    callbacks: list[Any] | None,
+):
+    """Run the loop on a TorchTrainer; a failed run raises with Ray's error attached."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from bluepri.train.loop import train_loop_per_worker
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config.model_dump(),
+            "plan": plan.model_dump(),
+            "run_name": run_name,
+            "resume_from": resume_from,
+            "crash": crash_injection(),
+        },
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=config.storage_path,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_total_limit),
+            callbacks=callbacks,
+        ),
+    )
+    try:
+        return trainer.fit()
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RuntimeError(f"training run {run_name} failed: {first}") from err
+
+
+# -- preflight ----------------------------------------------------------------------------------
+
+
+def with_resolved_paths(config: TrainConfig) -> TrainConfig:
+    """Absolute local paths (workers do not share the driver's working directory)."""
+
+    def absolute(path: str) -> str:
+        return path if storage.is_uri(path) else str(Path(path).expanduser().resolve())
+
+    output_dir = absolute(config.output_dir)
+    values = config.model_dump()
+    values["output_dir"] = output_dir
+    values["storage_path"] = absolute(config.storage_path or storage.join(output_dir, "runs"))
+    values["cache_root"] = absolute(config.cache_root or storage.join(output_dir, "cache"))
+    if config.cache:
+        values["cache"] = absolute(config.cache)
+    if config.train_data_dir:
+        values["train_data_dir"] = absolute(config.train_data_dir)
+    if config.resume_from_checkpoint and config.resume_from_checkpoint != "latest":
+        values["resume_from_checkpoint"] = absolute(config.resume_from_checkpoint)
+    if not storage.is_uri(output_dir) and Path(output_dir).is_file():
+        raise BluepriError(f"output_dir {config.output_dir!r} is a file, not a folder")
+    return build_config(TrainConfig, values)
+
+
+def check_base_model(ref: str) -> None:
+    """The base must be an SDXL base (two text encoders, a UNet and a VAE), checked from its
+    model_index.json alone, so a 7 GB model is not loaded just to be refused."""
+    resolved = resolve_ref(ref, "base")
+    if resolved.is_local:
+        index = json.loads((Path(resolved.source) / "model_index.json").read_text())
+    else:
+        from diffusers import DiffusionPipeline
+
+        try:
+            index = DiffusionPipeline.load_config(resolved.source)
+        except Exception:
+            raise BluepriError(
+                f"cannot read base model {ref!r}: not in the local hub cache and the hub is "
+                "unreachable; download it to a folder and pass that path"
+            ) from None
+    missing = [
+        name
+        for name in ("text_encoder", "text_encoder_2", "unet", "vae")
+        if not isinstance(index.get(name), list) or index[name][0] is None
+    ]
+    if "text_encoder" in missing or "text_encoder_2" in missing:
+        raise BluepriError(f"{ref!r} is not an SDXL base: it lacks SDXL's two text encoders")
+    if missing:
+        raise BluepriError(f"{ref!r} is not an SDXL base: it lacks {', '.join(missing)}")
+
+
+def check_hub_access() -> None:
+    if importlib.util.find_spec("huggingface_hub") is None:
+        raise BluepriError("--push_to_hub needs huggingface_hub: pip install huggingface_hub")
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().whoami()
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BluepriError(
+            f"--push_to_hub: cannot use the Hugging Face Hub ({first[:160]}); log in with "
+            "`hf auth login` and check the network, or drop --push_to_hub"
+        ) from None
+
+
+def push_to_hub(folder: str, repo_id: str | None, log: Callable[[str], None]) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message="bluepri train")
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BluepriError(
+            f"training finished but the upload to {repo_id!r} failed ({first[:160]}); "
+            f"the adapter is in {folder}"
+        ) from None
+    log(f"pushed {folder} to https://huggingface.co/{repo_id}")
+
+
+def crash_injection() -> dict[str, Any] | None:
+    if CRASH_STEP_ENV not in os.environ:
+        return None
+    return {"step": int(os.environ[CRASH_STEP_ENV]), "marker": os.environ[CRASH_MARKER_ENV]}
+
+
+# -- runs and resuming ------------------------------------------------------------------------
+
+
+def new_run_name() -> str:
+    return f"train-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def run_has_checkpoints(run_dir: str) -> bool:
+    return storage.is_file(storage.join(run_dir, RAY_SNAPSHOT)) or bool(latest_checkpoint(run_dir))
+
+
+def newest_run(storage_path: str) -> str | None:
+    """The most recent run folder (by name: they start with their creation time)."""
+    if not storage.is_dir(storage_path):
+        return None
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(storage_path)
+    runs = [
+        info.base_name
+        for info in fs.get_file_info(pafs.FileSelector(path))
+        if info.type == pafs.FileType.Directory
+        and latest_checkpoint(storage.join(storage_path, info.base_name))
+    ]
+    return max(runs, key=lambda name: (name.startswith("train-"), name), default=None)
+
+
+def resolve_run(
+    config: TrainConfig, log: Callable[[str], None]
+) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(run name, checkpoint to start from, that checkpoint's state) for this invocation."""
+    resume = config.resume_from_checkpoint
+    storage_path = config.storage_path or ""
+    if resume == "latest":
+        name = config.experiment_name or newest_run(storage_path)
+        found = latest_checkpoint(storage.join(storage_path, name)) if name else None
+        if found is None:
+            log("no checkpoint to resume from ('latest'): starting a new run")
+            return config.experiment_name or new_run_name(), None, None
+        log(f"resuming run {name} from {found}")
+        # Same run name: Ray hands its latest checkpoint back; `found` is the fallback.
+        return name, found, read_checkpoint_state(found)
+    name = config.experiment_name or new_run_name()
+    if run_has_checkpoints(storage.join(storage_path, name)):
+        raise BluepriError(
+            f"run {name!r} in {storage_path} already holds checkpoints; pass "
+            "--resume_from_checkpoint latest to continue it, or another --experiment_name"
+        )
+    if resume is None:
+        return name, None, None
+    return name, resume, read_checkpoint_state(resume)
+
+
+def read_checkpoint_state(folder: str) -> dict[str, Any]:
+    path = storage.join(folder, STATE)
+    if not storage.is_file(path):
+        raise BluepriError(f"{folder!r} is not a bluepri training checkpoint (no {STATE})")
+    return storage.read_json(path)
+
+
+def check_same_plan(state: dict[str, Any], plan: TrainPlan) -> None:
+    """A checkpoint only continues a run with the same data order (same cache, workers,
+    batch size, accumulation and seed)."""
+    current = plan.model_dump()
+    changed = [k for k in RESUME_KEYS if state["plan"].get(k) != current[k]]
+    if changed:
+        raise BluepriError(
+            "cannot resume: the checkpoint was trained with another "
+            + ", ".join(f"{k} ({state['plan'].get(k)}, now {current[k]})" for k in changed)
+        )
+
+
+# -- data and plan ----------------------------------------------------------------------------
+
+
+def cache_for(config: TrainConfig, log: Callable[[str], None]) -> str:
+    """The prepared cache to train on: `--cache`, or the data stage's output for the source."""
+    if config.cache:
+        read_manifest(config.cache)  # a clear error before anything else
+        return config.cache
+    from bluepri.data.prepare import prepare
+
+    prepare_config = build_config(
+        PrepareConfig,
+        {
+            "source": config.train_data_dir or config.dataset_name,
+            "out": config.cache_root,
+            "image_column": config.image_column,
+            "caption_column": config.caption_column,
+            "resolution": config.resolution or 1024,
+            "center_crop": config.center_crop,
+            "random_flip": config.random_flip,
+            "base": config.pretrained_model_name_or_path,
+            "vae": config.pretrained_vae_model_name_or_path,
+            "captioner": config.captioner,
+            "val_fraction": config.val_fraction,
+            # The cache's seed stays 0: a new training seed must not mean a new cache.
+        },
+    )
+    return prepare(prepare_config, log=log).uri
+
+
+def make_plan(config: TrainConfig, cache_uri: str) -> TrainPlan:
+    """Steps, epochs and learning rates, as diffusers' script derives them."""
+    manifest = read_manifest(cache_uri)
+    prepared = manifest.get("config", {})
+    if manifest.get("splits", {}).get("train", 0) == 0:
+        raise BluepriError(f"cache {cache_uri!r} has no training rows")
+    if prepared.get("base") != config.pretrained_model_name_or_path:
+        raise BluepriError(
+            f"cache {cache_uri!r} was encoded with {prepared.get('base')!r}, not "
+            f"{config.pretrained_model_name_or_path!r}; prepare a cache for this base"
+        )
+    if prepared.get("vae") != config.pretrained_vae_model_name_or_path:
+        raise BluepriError(
+            f"cache {cache_uri!r} was encoded with VAE {prepared.get('vae')!r}; pass the same "
+            "--pretrained_vae_model_name_or_path or prepare a new cache"
+        )
+    resolution = prepared.get("resolution")
+    if config.resolution is not None and resolution != config.resolution:
+        raise BluepriError(
+            f"cache {cache_uri!r} holds resolution {resolution}, not {config.resolution}"
+        )
+    index = read_index(cache_uri)
+    train_buckets = index.split_buckets("train")
+    if not train_buckets:
+        raise BluepriError(f"cache {cache_uri!r} has no training rows")
+    world = config.num_workers
+    per_epoch = batches_per_epoch(train_buckets, world, config.train_batch_size)
+    updates_per_epoch = math.ceil(per_epoch / config.gradient_accumulation_steps)
+    if config.max_train_steps:
+        max_steps = config.max_train_steps
+        epochs = math.ceil(max_steps / updates_per_epoch)
+    else:
+        epochs = config.num_train_epochs
+        max_steps = epochs * updates_per_epoch
+    learning_rate = config.learning_rate
+    if config.scale_lr:  # diffusers: lr x accumulation x batch size x processes
+        learning_rate *= config.gradient_accumulation_steps * config.train_batch_size * world
+    te1, te2 = text_encoder_rates(config, learning_rate)
+    return TrainPlan(
+        cache_uri=cache_uri,
+        cache_fingerprint=manifest["fingerprint"],
+        resolution=resolution,
+        num_train=len(train_buckets),
+        num_val=len(index.split_buckets("val")),
+        has_text_embeds="prompt_embeds" in index.columns,
+        world_size=world,
+        train_batch_size=config.train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        batches_per_epoch=per_epoch,
+        updates_per_epoch=updates_per_epoch,
+        max_train_steps=max_steps,
+        num_epochs=epochs,
+        seed=config.seed,
+        learning_rate=learning_rate,
+        text_encoder_lr=te1,
+        text_encoder_2_lr=te2,
+    )

@@ -1,0 +1,241 @@
+"""`tune`: many training runs on ONE prepared cache, searched by Optuna (TPE) and pruned by
+ASHA on the held-out validation loss.
+
+Each Tune trial is a small driver that runs the train stage (a Ray Train `TorchTrainer`, the
+Ray 2.x Train-in-Tune way) with the trial's hyperparameters; Train's reports reach Tune
+through `TuneReportCallback`, forwarded only when they carry a validation loss, so ASHA's
+rungs are validations. A trial trains with `--resume_from_checkpoint latest` under its own
+run folder: after the search driver dies, `tune --resume` restores the Tuner (finished
+trials are kept, Optuna's state with them) and a restarted trial continues from its last
+training checkpoint rather than training again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from bluepri import storage
+from bluepri.config import (
+    DEFAULT_BASE,
+    ParamSpec,
+    PrepareConfig,
+    SearchConfig,
+    TrainConfig,
+    build_config,
+)
+from bluepri.errors import BluepriError
+from bluepri.runtime import ensure_ray
+
+METRIC, MODE = "val_loss", "min"
+TRIALS = "trials"
+TRIAL_DRIVER_CPU = 0.01
+
+
+class TuneResult(BaseModel):
+    """What the search found and where it wrote it."""
+
+    experiment_path: str
+    cache_uri: str
+    num_trials: int
+    completed: int
+    stopped_early: int
+    errored: int
+    best_trial: str | None
+    best_params: dict[str, Any]
+    best_val_loss: float | None
+    best_adapter: str | None
+    results_parquet: str
+    results_csv: str
+    plots: list[str]
+    seconds: float
+    promotion: dict[str, Any] | None = None
+
+
+def ray_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Our validated space as Ray Tune sampling domains (OptunaSearch converts them)."""
+    from ray import tune
+
+    def domain(spec: ParamSpec):
+        if spec.kind == "choice":
+            return tune.choice(spec.choices)
+        if spec.kind == "loguniform":
+            return tune.loguniform(spec.low, spec.high)
+        if spec.kind == "uniform":
+            return tune.uniform(spec.low, spec.high)
+        if spec.log:
+            return tune.lograndint(int(spec.low), int(spec.high) + 1)
+        return tune.randint(int(spec.low), int(spec.high) + 1)
+
+    return {name: domain(spec) for name, spec in space.items()}
+
+
+def base_train_config(config: SearchConfig, cache_uri: str) -> TrainConfig:
+    """The trials' shared training config (validated once, before any trial)."""
+    return build_config(TrainConfig, {**config.train, "cache": cache_uri})
+
+
+def shared_cache(config: SearchConfig, log: Callable[[str], None]) -> str:
+    """The ONE cache every trial reads: given, or prepared once here (a no-op when current)."""
+    train = config.train
+    if train.get("cache"):
+        return train["cache"]
+    source = train.get("train_data_dir") or train.get("dataset_name")
+    if not source:
+        raise BluepriError("tune needs train.cache or train.train_data_dir / train.dataset_name")
+    from bluepri.data.prepare import prepare
+
+    prepare_config = build_config(
+        PrepareConfig,
+        {
+            "source": source,
+            "out": train.get("cache_root") or storage.join(experiment_path(config), "cache"),
+            "resolution": train.get("resolution") or 1024,
+            "center_crop": train.get("center_crop", False),
+            "random_flip": train.get("random_flip", False),
+            "image_column": train.get("image_column") or "image",
+            "caption_column": train.get("caption_column") or "text",
+            "base": train.get("pretrained_model_name_or_path", DEFAULT_BASE),
+            "vae": train.get("pretrained_vae_model_name_or_path"),
+            **config.prepare,
+        },
+    )
+    return prepare(prepare_config, log=log).uri
+
+
+def experiment_path(config: SearchConfig) -> str:
+    root = config.storage_path
+    if not storage.is_uri(root):
+        root = str(storage.resolve(root)[1])
+    return storage.join(root, config.experiment_name)
+
+
+def trial_train_values(base: dict[str, Any], params: dict[str, Any], trial_dir: str) -> dict:
+    """One trial's TrainConfig values: shared values + its hyperparameters + its folders."""
+    values = {**base, **params}
+    if "rank" in values:
+        values["rank"] = int(values["rank"])
+    values.update(
+        output_dir=storage.join(trial_dir, "adapter"),
+        storage_path=storage.join(trial_dir, "runs"),
+        experiment_name="train",
+        resume_from_checkpoint="latest",  # a restarted trial continues, never retrains
+        report_to="none",
+        push_to_hub=False,
+    )
+    return values
+
+
+def make_trial_fn(base: dict[str, Any], trials_root: str):
+    """The Tune function trainable: run the train stage with this trial's parameters."""
+
+    def run_trial(params: dict[str, Any]) -> None:
+        import ray.tune
+
+        from bluepri.train.trainer import train
+        from bluepri.tune.report import ValidationReportCallback
+
+        trial_dir = storage.join(trials_root, ray.tune.get_context().get_trial_id())
+        config = build_config(TrainConfig, trial_train_values(base, params, trial_dir))
+        train(config, log=lambda _: None, callbacks=[ValidationReportCallback()])
+
+    return run_trial
+
+
+def fitted_concurrency(config: SearchConfig, train: TrainConfig) -> int:
+    """As many trials at once as the cluster has CPUs (or GPUs) for their workers."""
+    if config.max_concurrent_trials:
+        return config.max_concurrent_trials
+    import ray
+
+    resources = ray.cluster_resources()
+    per_trial = train.num_workers
+    available = resources.get("GPU", 0) if train.use_gpu else resources.get("CPU", 1)
+    return max(1, int(available // per_trial))
+
+
+def build_tuner(config: SearchConfig, base: TrainConfig, trials_root: str):
+    """A fresh Tuner: OptunaSearch (seeded TPE) + ASHA on the validation loss."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    validations = max(1, base.num_train_epochs // base.validation_epochs)
+    search = OptunaSearch(
+        metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=config.seed)
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        metric=METRIC,
+        mode=MODE,
+        max_t=validations,
+        grace_period=min(config.grace_period, validations),
+        reduction_factor=config.reduction_factor,
+    )
+    return tune.Tuner(
+        trainable_with_resources(base.model_dump(), trials_root),
+        param_space=ray_space(config.space),
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=config.num_trials,
+            max_concurrent_trials=fitted_concurrency(config, base),
+        ),
+        run_config=tune.RunConfig(
+            name=config.experiment_name,
+            storage_path=experiment_path(config).rsplit("/", 1)[0],
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+
+
+def trainable_with_resources(base: dict[str, Any], trials_root: str):
+    """The trial driver holds almost no CPU: its Ray Train workers request their own.
+
+    (Tune refuses an empty request, so a token fraction stands for "just a driver".)
+    """
+    from ray import tune
+
+    return tune.with_resources(make_trial_fn(base, trials_root), {"cpu": TRIAL_DRIVER_CPU})
+
+
+def tune(
+    config: SearchConfig, *, resume: bool = False, log: Callable[[str], None] = print
+) -> TuneResult:
+    """Run (or resume) the search; write the results table and plots; promote the winner."""
+    from ray import tune as ray_tune
+
+    from bluepri.tune.promote import promote_best
+    from bluepri.tune.results import summarise
+
+    started = time.perf_counter()
+    path = experiment_path(config)
+    if resume and not ray_tune.Tuner.can_restore(path):
+        raise BluepriError(f"no search to resume at {path}")
+    if not resume and storage.exists(storage.join(path, "tuner.pkl")):
+        raise BluepriError(f"search {path} exists; pass --resume to continue it or a new name")
+    build_config(TrainConfig, config.train)  # a bad training config fails before any work
+    ensure_ray()
+    cache_uri = shared_cache(config, log)
+    base = base_train_config(config, cache_uri)
+    trials_root = storage.join(path, TRIALS)
+    if resume:
+        log(f"resuming search {path}")
+        tuner = ray_tune.Tuner.restore(
+            path,
+            trainable=trainable_with_resources(base.model_dump(), trials_root),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+    else:
+        log(f"searching {config.num_trials} trials over {', '.join(config.space)} on {cache_uri}")
+        tuner = build_tuner(config, base, trials_root)
+    grid = tuner.fit()
+    result = summarise(grid, config, path, trials_root, cache_uri, time.perf_counter() - started)
+    if config.promote and result.best_adapter:
+        result.promotion = promote_best(config, result, base, log)
+    return result
