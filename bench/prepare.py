@@ -36,7 +36,10 @@ def single_process_images_per_s(folder: Path, resolution: int) -> float:
         image = decode.decode_image(path.read_bytes()).image
         decode.pixel_sha256(image), decode.perceptual_hash(image)
         prepared = transforms.prepare_image(
-            image, resolution=resolution, center_crop=True, random_flip=True,
+            image,
+            resolution=resolution,
+            center_crop=True,
+            random_flip=True,
             rng=np.random.default_rng(0),
         )
         caption = caption_images(captioner, [prepared.image])[0]
@@ -52,9 +55,17 @@ def ray_images_per_s(folder: Path, resolution: int, actors: int, out: Path) -> f
     from bluepri.data.prepare import prepare
 
     config = PrepareConfig(
-        source=str(folder), out=str(out), resolution=resolution, center_crop=True,
-        random_flip=True, base="tiny:base", captioner="tiny:blip", recaption=True,
-        num_encode_actors=actors, num_caption_actors=actors, encode_batch_size=8,
+        source=str(folder),
+        out=str(out),
+        resolution=resolution,
+        center_crop=True,
+        random_flip=True,
+        base="tiny:base",
+        captioner="tiny:blip",
+        recaption=True,
+        num_encode_actors=actors,
+        num_caption_actors=actors,
+        encode_batch_size=8,
         dedup_threshold=None,
     )
     started = time.perf_counter()

@@ -39,11 +39,15 @@ def test_demo_writes_images_and_contact_sheet(
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(out_dir)
     renders = sorted((out_dir / "renders").glob("*.png"))
-    assert len(renders) == 3
+    assert len(renders) == 6  # 3 prompts, each from the base and with the trained adapter
     sizes = {Image.open(p).size for p in renders}
     assert sizes == {(64, 64), (80, 64)}  # square and 4:3 landscape
-    for path in renders:
-        assert np.asarray(Image.open(path)).std() > 0
+    for index in range(3):
+        base = np.asarray(Image.open(out_dir / "renders" / f"{index:03d}-base.png"), np.int16)
+        lora = np.asarray(Image.open(out_dir / "renders" / f"{index:03d}-lora.png"), np.int16)
+        assert base.std() > 0 and np.abs(base - lora).max() > 0
+    assert (out_dir / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+    assert (out_dir / "registry" / "blueprints" / "champion").is_file()
     sheet = Image.open(out_dir / "contact_sheet.png")
     assert sheet.width > 3 * 64
     assert len(list((out_dir / "dataset").glob("*.png"))) == 6

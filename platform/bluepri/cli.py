@@ -15,6 +15,7 @@ from bluepri.config import (
     DemoConfig,
     ModelsConfig,
     PrepareConfig,
+    SearchConfig,
     SynthConfig,
     TrainConfig,
     build_config,
@@ -419,6 +420,37 @@ def adapters_export(
 ) -> None:
     """Write a verified copy in kohya (one .safetensors) or diffusers (a folder) format."""
     typer.echo(open_registry(registry).export(name, version, out, format=format))
+
+
+@app.command("tune")
+def tune_command(
+    config: Path = typer.Option(None, help="YAML with SearchConfig keys (space, train, ...)."),
+    experiment_name: str = typer.Option(None, "--experiment_name"),
+    storage_path: str = typer.Option(None, "--storage_path"),
+    num_trials: int = typer.Option(None, "--num_trials"),
+    max_concurrent_trials: int = typer.Option(None, "--max_concurrent_trials"),
+    seed: int = typer.Option(None, "--seed"),
+    registry: str = typer.Option(None, "--registry", help="Adapter registry root."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a search whose driver died."),
+    promote: bool = typer.Option(None, "--promote/--no_promote"),
+) -> None:
+    """Search learning rate, rank and snr_gamma (Ray Tune + Optuna + ASHA); promote the best."""
+    values = {
+        "experiment_name": experiment_name,
+        "storage_path": storage_path,
+        "num_trials": num_trials,
+        "max_concurrent_trials": max_concurrent_trials,
+        "seed": seed,
+        "registry": registry,
+        "promote": promote,
+    }
+    cfg = config_from(SearchConfig, config, values)
+    from bluepri.tune import tune
+    from bluepri.tune.results import summary_lines
+
+    result = tune(cfg, resume=resume, log=typer.echo)
+    for line in summary_lines(result):
+        typer.echo(line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,9 @@ class DemoConfig(StrictModel):
     high_noise_frac: float = Field(0.8, gt=0.0, lt=1.0)
     models: ModelsConfig = Field(default_factory=ModelsConfig.tiny)
     captioner: str = "tiny:blip"
+    train_workers: int = Field(2, ge=1)
+    train_epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
 
 
 SourceFormat = Literal["auto", "imagefolder", "folder", "parquet", "hf"]

@@ -1,10 +1,11 @@
 """`bluepri demo`: the platform end to end on the embedded default, on a laptop.
 
 Synthesises a blueprint set, prepares it into a training cache on Ray Data (validation,
-dedup, BLIP captions for the uncaptioned drawings, VAE + text-encoder embeddings), and
-renders catalogue prompts through the paper's two-stage base -> refiner process with both
-prompts, writing images and contact sheets into one output folder. Each stage that lands
-adds its step here.
+dedup, BLIP captions for the uncaptioned drawings, VAE + text-encoder embeddings), trains a
+LoRA adapter on Ray Train with 2 workers, registers it as the champion in the adapter
+registry, and renders catalogue prompts through the paper's two-stage base -> refiner
+process with both prompts, with and without the champion.
+Everything lands in one output folder. Each stage that lands adds its step here.
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ from pathlib import Path
 from PIL import Image
 from pydantic import BaseModel
 
-from bluepri.config import DemoConfig, PrepareConfig, SynthConfig, build_config
+from bluepri.config import (
+    DemoConfig,
+    PrepareConfig,
+    SynthConfig,
+    TrainConfig,
+    build_config,
+)
 from bluepri.data.prepare import CacheInfo, prepare
 from bluepri.data.synth import synthesize
 from bluepri.generate import GenerationRequest, generate, load_pipelines
 from bluepri.imaging import contact_sheet
+from bluepri.registry import AdapterRegistry
 from bluepri.storage import output_folder
+from bluepri.train import train
 
 # (prompt for text encoder 1 = subject, prompt_2 for text encoder 2 = style), as the paper's
 # dual-encoder section suggests.
@@ -35,6 +44,7 @@ CATALOGUE_PROMPTS = (
     ("a drawing of a car with four wheels", "vehicle blueprint, side view"),
 )
 NEGATIVE_PROMPT = "photo, colour photograph, blurry"
+ADAPTER_NAME = "blueprints"
 
 
 class DemoResult(BaseModel):
@@ -44,6 +54,8 @@ class DemoResult(BaseModel):
     dataset_dir: str
     dataset_sheet: str
     cache: CacheInfo
+    adapter: str
+    champion: str
     images: list[str]
     contact_sheet: str
 
@@ -75,7 +87,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
     renders = output_folder(out / "renders")
     requests = catalogue_requests(config)  # validate everything before the first step
 
-    log(f"[1/4] synthesising {config.dataset_size} blueprints")
+    log(f"[1/5] synthesising {config.dataset_size} blueprints")
     dataset = synthesize(
         SynthConfig(out_dir=str(out / "dataset"), num_images=config.dataset_size, seed=config.seed)
     )
@@ -85,7 +97,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
         dataset_sheet
     )
 
-    log("[2/4] preparing the training cache (Ray Data: validate, dedup, caption, encode)")
+    log("[2/5] preparing the training cache (Ray Data: validate, dedup, caption, encode)")
     cache = prepare(
         PrepareConfig(
             source=dataset.out_dir,
@@ -101,25 +113,66 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
     )
     log(f"  cache: {cache.uri}")
 
-    log(f"[3/4] loading models (base {config.models.base}, refiner {config.models.refiner})")
+    log(f"[3/5] training a LoRA adapter on Ray Train ({config.train_workers} workers)")
+    trained = train(demo_train_config(config, cache.uri, out), log=log)
+    log(
+        f"  adapter: {trained.adapter}  held-out loss {trained.initial_val_loss:.4f} -> "
+        f"{trained.final_val_loss:.4f}"
+    )
+    registry = AdapterRegistry(out / "registry")
+    first = registry.put(trained.adapter, ADAPTER_NAME)
+    registry.promote(ADAPTER_NAME, first.version, reason="the demo's first training run")
+
+    champion = registry.get(ADAPTER_NAME, "champion")
+
+    log(f"[4/5] loading models (base {config.models.base}, refiner {config.models.refiner})")
     pipes = load_pipelines(config.models)
 
-    log(f"[4/4] rendering {len(requests)} catalogue prompts (base -> refiner)")
-    paths, images = [], []
+    log(f"[5/5] rendering {len(requests)} catalogue prompts, base and champion adapter")
+    paths, images, labels = [], [], []
     for index, request in enumerate(requests):
-        result = generate(pipes, request)
-        path = renders / f"{index:03d}.png"
-        result.image.save(path)
-        paths.append(str(path))
-        images.append(result.image)
-        log(f"  {index + 1}/{len(requests)} {path.name} {result.seconds:.2f}s  {request.prompt}")
+        for tag, adapter in (("base", None), ("lora", str(champion))):
+            result = generate(pipes, request.model_copy(update={"adapter": adapter}))
+            path = renders / f"{index:03d}-{tag}.png"
+            result.image.save(path)
+            paths.append(str(path))
+            images.append(result.image)
+            labels.append(f"{tag}: {request.prompt}")
+            log(f"  {path.name} {result.seconds:.2f}s  {request.prompt}")
     sheet = out / "contact_sheet.png"
-    contact_sheet(images, [r.prompt for r in requests]).save(sheet)
+    contact_sheet(images, labels).save(sheet)
     return DemoResult(
         out_dir=str(out),
         dataset_dir=dataset.out_dir,
         dataset_sheet=str(dataset_sheet),
         cache=cache,
+        adapter=trained.adapter,
+        champion=str(champion),
         images=paths,
         contact_sheet=str(sheet),
+    )
+
+
+def demo_train_config(config: DemoConfig, cache_uri: str, out: Path) -> TrainConfig:
+    """A short run of the paper's recipe on the demo cache."""
+    return build_config(
+        TrainConfig,
+        {
+            "pretrained_model_name_or_path": config.models.base,
+            "cache": cache_uri,
+            "output_dir": str(out / "adapter"),
+            "num_workers": config.train_workers,
+            "num_train_epochs": config.train_epochs,
+            "train_batch_size": 4,
+            "learning_rate": config.learning_rate,
+            "rank": 8,
+            "snr_gamma": 5.0,
+            "checkpointing_steps": 10,
+            "validation_prompt": CATALOGUE_PROMPTS[0][0],
+            "num_validation_images": 2,
+            "validation_inference_steps": config.steps,
+            "resume_from_checkpoint": "latest",
+            "experiment_name": "demo",
+            "seed": config.seed,
+        },
     )

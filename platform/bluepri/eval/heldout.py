@@ -47,7 +47,11 @@ def heldout_loss(
     if adapter is not None:
         folder = Path(adapter)
         models.pipe.load_lora_weights(str(folder))
-        info = storage.read_json(folder / "adapter.json") if (folder / "adapter.json").is_file() else {}
+        info = (
+            storage.read_json(folder / "adapter.json")
+            if (folder / "adapter.json").is_file()
+            else {}
+        )
         for name in info.get("trained_modules", []):
             if name != "unet":  # captions must then go through the adapted text encoders
                 models.trainable[name] = getattr(models.pipe, name)

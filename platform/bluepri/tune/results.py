@@ -161,12 +161,16 @@ def summary_lines(result) -> list[str]:
         f"{result.errored} errored)",
     ]
     if result.best_trial:
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in result.best_params.items())
+        params = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in result.best_params.items()
+        )
         lines.append(f"best: {result.best_trial} val_loss={result.best_val_loss:.5f} ({params})")
         lines.append(f"adapter: {result.best_adapter}")
     if result.promotion:
-        lines.append(f"promotion: {result.promotion.get('decision')} — {result.promotion.get('reason')}")
+        lines.append(
+            f"promotion: {result.promotion.get('decision')} — {result.promotion.get('reason')}"
+        )
     lines.append(f"table: {result.results_csv}")
     lines += [f"plot: {p}" for p in result.plots]
     return lines

@@ -152,9 +152,12 @@ def fitted_concurrency(config: SearchConfig, train: TrainConfig) -> int:
     import ray
 
     resources = ray.cluster_resources()
-    per_trial = train.num_workers
-    available = resources.get("GPU", 0) if train.use_gpu else resources.get("CPU", 1)
-    return max(1, int(available // per_trial))
+    if train.use_gpu:
+        return max(1, int(resources.get("GPU", 0) // train.num_workers))
+    # Each trial: its workers' CPUs plus the driver's token share (which must fit too, or the
+    # last trial's worker group waits forever for a CPU that the drivers hold).
+    per_trial = train.num_workers + TRIAL_DRIVER_CPU
+    return max(1, int(resources.get("CPU", 1) // per_trial))
 
 
 def build_tuner(config: SearchConfig, base: TrainConfig, trials_root: str):
