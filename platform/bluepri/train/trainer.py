@@ -13,11 +13,14 @@ start, which is how `--resume_from_checkpoint latest` continues a run.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import math
 import os
 import secrets
+import signal
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -161,11 +164,27 @@ def fit(
             callbacks=callbacks,
         ),
     )
+    previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         return trainer.fit()
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RuntimeError(f"training run {run_name} failed: {first}") from err
+    finally:
+        release_controller(previous_sigint)
+
+
+def release_controller(previous_sigint: Any) -> None:
+    """Let Ray Train's controller actor go once `fit` has returned.
+
+    On the main thread `TorchTrainer.fit` installs a SIGINT handler that holds the controller's
+    actor handle; left in place, the controller (and the placement group of its worker group,
+    i.e. the training CPUs/GPUs) outlives the run, and the next Ray Data job or Tune trial in
+    the same Ray waits for resources forever. Restoring the handler drops the last handle.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, previous_sigint)
+    gc.collect()
 
 
 # -- preflight ----------------------------------------------------------------------------------
