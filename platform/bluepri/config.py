@@ -160,9 +160,9 @@ class PrepareConfig(StrictModel):
     encode_batch_size: int = Field(8, ge=1)
     num_caption_actors: int = Field(1, ge=1)
     num_encode_actors: int = Field(1, ge=1)
-    # Logical CPUs per caption/encode actor and per read/transform task. None: the cluster's
-    # CPUs shared out so every stage fits at once (whole-CPU actors on a 2-core machine would
-    # leave the read tasks no CPU and the stream would stall).
+    # Logical CPUs per caption/encode actor. None: half the cluster's CPUs shared among the
+    # actors, so the read/transform tasks always find a CPU (whole-CPU actors on a 2-core
+    # machine would leave them none and the stream would stall).
     stage_cpus: float | None = Field(None, gt=0.0)
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

@@ -291,9 +291,9 @@ def build(
     kept_entries = None
     if source.entries:
         kept_entries = [e for e in source.entries if e["key"] in lookup]
-    cpus = stage_cpus(config, needs_captions)
-    ds = source_dataset(source, config, entries=kept_entries, num_cpus=cpus).map_batches(
-        transform_batch(config, lookup), batch_size=16, num_cpus=cpus
+    actor_cpus, task_cpus = stage_cpus(config, needs_captions)
+    ds = source_dataset(source, config, entries=kept_entries, num_cpus=task_cpus).map_batches(
+        transform_batch(config, lookup), batch_size=16, num_cpus=task_cpus
     )
     if needs_captions:
         ds = ds.map_batches(
@@ -308,7 +308,7 @@ def build(
             },
             batch_size=config.caption_batch_size,
             compute=ActorPoolStrategy(size=config.num_caption_actors),
-            **actor_resources(config, cpus),
+            **actor_resources(config, actor_cpus),
         )
     else:
         ds = ds.map_batches(mark_given_captions, batch_size=64)
@@ -323,32 +323,32 @@ def build(
         },
         batch_size=config.encode_batch_size,
         compute=ActorPoolStrategy(size=config.num_encode_actors),
-        **actor_resources(config, cpus),
+        **actor_resources(config, actor_cpus),
     )
     ds.drop_columns(["image"]).write_parquet(shards_uri)
 
 
-def stage_cpus(config: PrepareConfig, needs_captions: bool) -> float:
-    """CPUs per actor and per task, so that all actors plus one task fit the cluster at once.
+def stage_cpus(config: PrepareConfig, needs_captions: bool) -> tuple[float, float]:
+    """(CPUs per model actor, CPUs per read/transform task) that fit the cluster together.
 
-    Ray Data holds actors for the whole stream; if they took every CPU, the read/transform
-    tasks feeding them could never be scheduled and the stream would stall.
+    Ray Data holds the actors for the whole stream; if they took every CPU, the tasks that
+    feed them could never be scheduled and the stream would stall. Model actors share half
+    of the CPUs (at most one each); tasks may use the other half.
     """
-    if config.stage_cpus is not None:
-        return config.stage_cpus
     import ray
 
     total = ray.cluster_resources().get("CPU", 1.0)
+    task_cpus = min(1.0, total / 2)
+    if config.stage_cpus is not None:
+        return config.stage_cpus, min(task_cpus, config.stage_cpus)
     actors = config.num_encode_actors + (config.num_caption_actors if needs_captions else 0)
-    if config.device.startswith("cuda"):
-        actors = 0  # model actors hold GPUs, not CPUs
-    return min(1.0, total / (actors + 1))
+    return min(1.0, total / 2 / actors), task_cpus
 
 
 def actor_resources(config: PrepareConfig, cpus: float) -> dict[str, float]:
-    """A GPU per model actor when the device is one; else a share of the CPUs."""
+    """A GPU per model actor when the device is one (plus its CPU share)."""
     if config.device.startswith("cuda"):
-        return {"num_gpus": 1, "num_cpus": min(1.0, cpus)}
+        return {"num_gpus": 1, "num_cpus": cpus}
     return {"num_cpus": cpus}
 
 

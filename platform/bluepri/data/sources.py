@@ -239,7 +239,7 @@ def source_dataset(
         ds = ray.data.read_parquet(
             source.files,
             columns=[config.image_column, config.caption_column],
-            ray_remote_args={"num_cpus": num_cpus},
+            num_cpus=num_cpus,
         )
     else:
         ds = ray.data.from_huggingface(source.hf_dataset)
