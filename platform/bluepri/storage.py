@@ -80,6 +80,15 @@ def list_files(uri: str | Path, *, recursive: bool = True) -> list[pafs.FileInfo
     return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
 
+def list_dirs(uri: str | Path) -> list[str]:
+    """Names of the folders directly under a folder (none if it does not exist), sorted."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
 def delete_dir(uri: str | Path) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory:

@@ -236,10 +236,8 @@ def source_dataset(
             read_file_batch, batch_size=FILES_PER_BLOCK, num_cpus=num_cpus
         )
     if source.kind == "parquet":
-        ds = ray.data.read_parquet(
-            source.files,
-            columns=[config.image_column, config.caption_column],
-            num_cpus=num_cpus,
+        ds = ray.data.read_parquet(source.files, num_cpus=num_cpus).select_columns(
+            [config.image_column, config.caption_column]
         )
     else:
         ds = ray.data.from_huggingface(source.hf_dataset)

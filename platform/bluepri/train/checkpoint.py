@@ -126,16 +126,7 @@ def latest_checkpoint(run_folder: str) -> str | None:
     """The newest complete checkpoint folder of a run (by step), or None."""
     from bluepri import storage
 
-    if not storage.is_dir(run_folder):
-        return None
-    fs, path = storage.resolve(run_folder)
-    import pyarrow.fs as pafs
-
-    names = [
-        info.base_name
-        for info in fs.get_file_info(pafs.FileSelector(path))
-        if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
-    ]
+    names = [n for n in storage.list_dirs(run_folder) if n.startswith(CHECKPOINT_PREFIX)]
     for name in sorted(names, reverse=True):
         candidate = storage.join(run_folder, name)
         if storage.is_file(storage.join(candidate, STATE)):

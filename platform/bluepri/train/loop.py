@@ -20,6 +20,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +139,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     def predict(noisy: torch.Tensor, timesteps: torch.Tensor, batch: dict[str, Any]):
         return unet_prediction(models, noisy, timesteps, batch)
 
+    # One fixed-noise measurement for the "before" number and every validation after it.
+    measure_val_loss = partial(
+        validation_loss,
+        val_rows,
+        predict=predict,
+        noise_scheduler=models.noise_scheduler,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+    )
     if state.global_step == 0 and state.initial_val_loss is None:
-        # The same fixed-noise measurement as every later one: the "before" number.
-        state.initial_val_loss = validation_loss(
-            val_rows,
-            predict=predict,
-            noise_scheduler=models.noise_scheduler,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-        )
+        state.initial_val_loss = measure_val_loss()
         state.history.append({"step": 0, "epoch": 0, "val_loss": state.initial_val_loss})
 
     # 4. Train.
@@ -216,14 +219,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             # End of epoch: held-out loss and sample images every --validation_epochs.
             done = state.global_step >= plan.max_train_steps or epoch + 1 == plan.num_epochs
             if (epoch + 1) % config.validation_epochs == 0 or done:
-                val_loss = validation_loss(
-                    val_rows,
-                    predict=predict,
-                    noise_scheduler=models.noise_scheduler,
-                    rank=rank,
-                    world_size=world_size,
-                    device=device,
-                )
+                val_loss = measure_val_loss()
                 state.history.append(
                     {"step": state.global_step, "epoch": epoch + 1, "val_loss": val_loss}
                 )

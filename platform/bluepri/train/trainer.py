@@ -289,16 +289,10 @@ def run_has_checkpoints(run_dir: str) -> bool:
 
 def newest_run(storage_path: str) -> str | None:
     """The most recent run folder (by name: they start with their creation time)."""
-    if not storage.is_dir(storage_path):
-        return None
-    import pyarrow.fs as pafs
-
-    fs, path = storage.resolve(storage_path)
     runs = [
-        info.base_name
-        for info in fs.get_file_info(pafs.FileSelector(path))
-        if info.type == pafs.FileType.Directory
-        and latest_checkpoint(storage.join(storage_path, info.base_name))
+        name
+        for name in storage.list_dirs(storage_path)
+        if latest_checkpoint(storage.join(storage_path, name))
     ]
     return max(runs, key=lambda name: (name.startswith("train-"), name), default=None)
 
