@@ -92,13 +92,9 @@ def list_folder(config: PrepareConfig) -> Source:
     for info in storage.list_files(config.source):
         if info.path.lower().endswith(IMAGE_SUFFIXES):
             key = info.path[len(root) :].lstrip("/")
-            entries.append({"key": key, "path": join_source(config.source, key), "caption": None})
+            entries.append({"key": key, "path": storage.join(config.source, key), "caption": None})
             stamps.append([key, *file_stamp(info)])
     return Source("folder", config.source, entries=entries, listing_digest=digest(stamps))
-
-
-def join_source(source: str, key: str) -> str:
-    return storage.join(source, key)
 
 
 def list_imagefolder(config: PrepareConfig) -> Source:
@@ -127,9 +123,9 @@ def list_parquet(config: PrepareConfig) -> Source:
     import pyarrow.parquet as pq
 
     if storage.is_file(config.source):
-        infos = [storage.resolve(config.source)]
+        fs, path = storage.resolve(config.source)
         files = [config.source]
-        stamps = [file_stamp(storage.resolve(config.source)[0].get_file_info(infos[0][1]))]
+        stamps = [file_stamp(fs.get_file_info(path))]
     else:
         listed = [i for i in storage.list_files(config.source) if i.path.endswith(".parquet")]
         files = [storage.join(config.source, i.path.rsplit("/", 1)[-1]) for i in listed]

@@ -24,6 +24,8 @@ def attach_lora(
 ) -> Any:
     """Add a peft LoRA adapter (alpha defaults to rank) to `model` in place; returns it.
 
+    For the UNet (diffusers' `add_adapter`). transformers 5.24's `add_adapter` refuses peft
+    < 0.22, so text encoders take peft's `inject_adapter_in_model` (see train/models.py).
     `init="gaussian"` is what diffusers' scripts use (B starts at zero, so training starts
     from the base model); `init=False` gives a random adapter that changes outputs at once.
     """

@@ -104,8 +104,8 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return vocab, [f"{a} {b}" for a, b in merges]
 
 
-def write_clip_tokenizer(folder: Path) -> int:
-    """Write vocab.json + merges.txt and save a CLIPTokenizer there; returns the vocab size."""
+def write_clip_tokenizer(folder: Path) -> dict[str, int]:
+    """Write vocab.json + merges.txt and save a CLIPTokenizer there; returns the vocab."""
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_and_merges()
@@ -118,7 +118,7 @@ def write_clip_tokenizer(folder: Path) -> int:
         model_max_length=MAX_TOKENS,
     )
     tokenizer.save_pretrained(folder)
-    return len(vocab)
+    return vocab
 
 
 def keep_clip_files(scratch: Path, tokenizer_folders: list[Path]) -> None:
@@ -133,13 +133,12 @@ def keep_clip_files(scratch: Path, tokenizer_folders: list[Path]) -> None:
     shutil.rmtree(scratch)
 
 
-def clip_text_config(vocab_size: int, width: int, projection_dim: int):
+def clip_text_config(vocab: dict[str, int], width: int, projection_dim: int):
     """A small CLIPTextConfig; 3 layers so the penultimate hidden state is a real one."""
     from transformers import CLIPTextConfig
 
-    vocab, _ = clip_vocab_and_merges()
     return CLIPTextConfig(
-        vocab_size=vocab_size,
+        vocab_size=len(vocab),
         hidden_size=width,
         intermediate_size=width * 2,
         num_hidden_layers=3,
@@ -248,11 +247,11 @@ def save_tiny_base(folder: Path, seed: int) -> None:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     scratch = folder / "_tokenizer"
-    vocab_size = write_clip_tokenizer(scratch)
+    vocab = write_clip_tokenizer(scratch)
     tokenizer = CLIPTokenizer.from_pretrained(scratch)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(clip_text_config(vocab_size, TE1_WIDTH, TE1_WIDTH))
-    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(vocab_size, TE2_WIDTH, TE2_WIDTH))
+    text_encoder = CLIPTextModel(clip_text_config(vocab, TE1_WIDTH, TE1_WIDTH))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(vocab, TE2_WIDTH, TE2_WIDTH))
     torch.manual_seed(seed + 1)
     vae = tiny_vae()
     torch.manual_seed(seed + 2)
@@ -282,11 +281,11 @@ def save_tiny_refiner(folder: Path, seed: int) -> None:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     scratch = folder / "_tokenizer"
-    vocab_size = write_clip_tokenizer(scratch)
+    vocab = write_clip_tokenizer(scratch)
     tokenizer = CLIPTokenizer.from_pretrained(scratch)
     torch.manual_seed(seed)
-    CLIPTextModel(clip_text_config(vocab_size, TE1_WIDTH, TE1_WIDTH))  # keeps the RNG in step
-    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(vocab_size, TE2_WIDTH, TE2_WIDTH))
+    CLIPTextModel(clip_text_config(vocab, TE1_WIDTH, TE1_WIDTH))  # keeps the RNG in step
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(vocab, TE2_WIDTH, TE2_WIDTH))
     torch.manual_seed(seed + 1)
     vae = tiny_vae()
     torch.manual_seed(seed + 3)
