@@ -79,13 +79,12 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128)
     args = parser.parse_args()
 
-    import ray
-
     from bluepri.config import SynthConfig
     from bluepri.data.synth import synthesize
+    from bluepri.runtime import ensure_ray
 
     torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray(num_cpus=2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = root / "set"

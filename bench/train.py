@@ -151,7 +151,9 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from bluepri.runtime import ensure_ray
+
+    ensure_ray(num_cpus=2)
     with tempfile.TemporaryDirectory(prefix="bluepri-bench-train-") as scratch:
         folder = Path(scratch)
         started = time.perf_counter()

@@ -44,9 +44,11 @@ def tiny_pipelines(tiny_models: dict[str, Path]):
 
 @pytest.fixture(scope="session")
 def ray_session(bluepri_home: Path):
-    """ONE local Ray for the whole session (2 CPUs, no dashboard)."""
+    """ONE local Ray for the whole session (2 CPUs, with the dashboard that Tune needs)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from bluepri.runtime import ensure_ray
+
+    ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()

@@ -22,6 +22,7 @@ from bluepri.config import PrepareConfig, SynthConfig, TrainConfig
 from bluepri.data.prepare import prepare
 from bluepri.data.synth import synthesize
 from bluepri.train.losses import denoising_loss, min_snr_weights
+from vanilla import load_in_vanilla_diffusers
 
 RESOLUTION = 64
 PAPER_PROMPT = "A set of detailed blueprints that show different views"
@@ -134,46 +135,9 @@ def test_paper_command_runs_to_completion(paper_run, train_cache) -> None:
     )
 
 
-VANILLA_LOAD = """
-import json, sys
-import numpy as np, torch
-from diffusers import StableDiffusionXLPipeline
-
-base, adapter = sys.argv[1], sys.argv[2]
-pipe = StableDiffusionXLPipeline.from_pretrained(base)
-pipe.set_progress_bar_config(disable=True)
-
-def image():
-    generator = torch.Generator().manual_seed(0)
-    return pipe("a drawing of a floor plan", num_inference_steps=3, height=64, width=64,
-                generator=generator, output_type="np").images[0]
-
-def has_lora(module):
-    return any("lora_A" in name for name, _ in module.named_modules())
-
-before = image()
-pipe.load_lora_weights(adapter)
-after = image()
-print(json.dumps({
-    "bluepri_imported": any(name.startswith("bluepri") for name in sys.modules),
-    "max_diff": float(np.abs(after - before).max()),
-    "unet": has_lora(pipe.unet),
-    "text_encoder": has_lora(pipe.text_encoder),
-    "text_encoder_2": has_lora(pipe.text_encoder_2),
-}))
-"""
-
-
 def test_output_loads_in_vanilla_diffusers(paper_run, tiny_models) -> None:
     _, output_dir = paper_run
-    done = subprocess.run(
-        [sys.executable, "-c", VANILLA_LOAD, str(tiny_models["base"]), str(output_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
-    )
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = load_in_vanilla_diffusers(tiny_models["base"], output_dir)
     assert report["bluepri_imported"] is False
     assert report["unet"] and report["text_encoder"] and report["text_encoder_2"]
     assert report["max_diff"] > 1e-6  # the trained adapter changes the picture

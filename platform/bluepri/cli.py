@@ -431,10 +431,16 @@ def tune_command(
     max_concurrent_trials: int = typer.Option(None, "--max_concurrent_trials"),
     seed: int = typer.Option(None, "--seed"),
     registry: str = typer.Option(None, "--registry", help="Adapter registry root."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a search whose driver died."),
+    resume: str = typer.Option(
+        None, "--resume", help="Experiment folder of a search whose driver died: continue it."
+    ),
     promote: bool = typer.Option(None, "--promote/--no_promote"),
 ) -> None:
     """Search learning rate, rank and snr_gamma (Ray Tune + Optuna + ASHA); promote the best."""
+    from bluepri.tune import tune
+    from bluepri.tune.results import summary_lines
+    from bluepri.tune.search import saved_search
+
     values = {
         "experiment_name": experiment_name,
         "storage_path": storage_path,
@@ -444,11 +450,8 @@ def tune_command(
         "registry": registry,
         "promote": promote,
     }
-    cfg = config_from(SearchConfig, config, values)
-    from bluepri.tune import tune
-    from bluepri.tune.results import summary_lines
-
-    result = tune(cfg, resume=resume, log=typer.echo)
+    cfg = saved_search(resume) if resume else config_from(SearchConfig, config, values)
+    result = tune(cfg, resume=bool(resume), log=typer.echo)
     for line in summary_lines(result):
         typer.echo(line)
 

@@ -363,6 +363,7 @@ class SearchConfig(StrictModel):
     max_concurrent_trials: int | None = Field(None, ge=1)  # None: fitted to the cluster's CPUs
     seed: int = 0
     space: dict[str, ParamSpec] = Field(default_factory=default_search_space)
+    early_stopping: bool = True  # ASHA on the validation loss; off: every trial runs full length
     grace_period: int = Field(1, ge=1)  # ASHA: validations before a trial may be stopped
     reduction_factor: float = Field(2.0, gt=1.0)
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig keys shared by trials

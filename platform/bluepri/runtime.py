@@ -5,18 +5,33 @@ Nothing else in bluepri knows which: stages call `ensure_ray()` and then use Ray
 
 from __future__ import annotations
 
-import os
+from bluepri.errors import BluepriError
 
 
-def ensure_ray() -> None:
-    """Join the running Ray (a test session's, a job's) or start/connect one."""
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join the running Ray (a test session's, a job's) or start/connect one.
+
+    A local Ray starts WITH its dashboard: Ray Train's placement-group cleaner asks the
+    dashboard's state API whether a run's controller is still alive, and without it the
+    workers' CPUs of a Tune trial that ASHA stopped are never given back.
+    """
     import ray
 
     if ray.is_initialized():
         return
     # ray.init() connects to RAY_ADDRESS when it is set, else starts a local instance.
-    ray.init(
-        include_dashboard=False if "RAY_ADDRESS" not in os.environ else None,
-        configure_logging=False,
-        log_to_driver=False,
-    )
+    ray.init(num_cpus=num_cpus, configure_logging=False, log_to_driver=False)
+
+
+def require_state_api() -> None:
+    """Fail early when Ray's state API (the dashboard) is unreachable (see `ensure_ray`)."""
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        list_nodes(limit=1, timeout=10)
+    except (RayStateApiException, ConnectionError) as err:
+        raise BluepriError(
+            "Ray's dashboard (state API) is not reachable; tune needs it to free stopped "
+            "trials' workers: start Ray with the dashboard (the default)"
+        ) from err

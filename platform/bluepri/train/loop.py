@@ -64,6 +64,9 @@ from bluepri.train.models import (
 from bluepri.train.report import Tracker, loss_curve_png, open_tracker
 from bluepri.train.validation import png_bytes, validation_images, validation_loss
 
+# The report key numbering validations (1, 2, ...): Tune's ASHA uses it as its time axis.
+VALIDATION = "validation"
+
 # Plan fields a checkpoint must share with the run resuming it: they fix the data order.
 RESUME_KEYS = (
     "cache_fingerprint",
@@ -228,9 +231,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 sample_grid(
                     models, config, plan, epoch + 1, state.global_step, rank, world_size, tracker
                 )
-                # `validated` marks the reports that carry a fresh validation (Tune's rungs).
+                # `validation` numbers the reports that carry a fresh validation: Tune's ASHA
+                # rungs. Counted from the run's history, so a resumed run numbers on.
                 metrics = window.metrics(state, lr_scheduler.get_last_lr()[0])
-                ray.train.report({**metrics, "validated": True})
+                ray.train.report({**metrics, VALIDATION: validations_done(state)})
             if state.next_batch == len(batches):  # the position moves on to the next epoch
                 state.epoch, state.next_batch = epoch + 1, 0
             if done:
@@ -398,6 +402,11 @@ class WorkerRun:
     optimizer: Any
     lr_scheduler: Any
     grad_scaler: Any
+
+
+def validations_done(state: TrainState) -> int:
+    """Validations after training steps so far (the step-0 baseline does not count)."""
+    return sum(1 for entry in state.history if "val_loss" in entry and entry["step"] > 0)
 
 
 def report_checkpoint(

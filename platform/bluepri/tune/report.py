@@ -6,15 +6,17 @@ from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from bluepri.train.loop import VALIDATION
+
 
 class ValidationReportCallback(TuneReportCallback):
     """Ray's TuneReportCallback, skipping the per-step reports that carry no validation loss.
 
     The train loop also reports loss and samples/s between validations; ASHA compares
-    trials on `val_loss` at equal `training_iteration`, so those must not count as rungs.
+    trials on `val_loss` at equal validation numbers, so those must not count as rungs.
     """
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint) -> None:
-        if not metrics or metrics[0].get("val_loss") is None or not metrics[0].get("validated"):
+        if not metrics or metrics[0].get("val_loss") is None or VALIDATION not in metrics[0]:
             return
         super().after_report(run_context, metrics, checkpoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from typing import Any
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 
 from bluepri import storage
 from bluepri.config import SearchConfig
+from bluepri.train.loop import VALIDATION
 
 COMPLETED, STOPPED_EARLY, ERRORED = "completed", "stopped_early", "error"
 
@@ -24,7 +26,7 @@ def trial_row(result: Any, trials_root: str, max_validations: int) -> dict[str, 
     trial_id = metrics.get("trial_id") or result.path.rsplit("/", 1)[-1]
     adapter = storage.join(trials_root, trial_id, "adapter")
     has_adapter = storage.is_file(storage.join(adapter, "adapter.json"))
-    validations = int(metrics.get("training_iteration", 0))
+    validations = int(metrics.get(VALIDATION, 0))
     if result.error is not None:
         state = ERRORED
     elif has_adapter and validations >= max_validations:
@@ -33,6 +35,7 @@ def trial_row(result: Any, trials_root: str, max_validations: int) -> dict[str, 
         state = STOPPED_EARLY
     return {
         "trial_id": trial_id,
+        "started": started_at(history),
         "state": state,
         **{f"param_{k}": v for k, v in sorted((result.config or {}).items())},
         "final_val_loss": metrics.get("val_loss"),
@@ -43,6 +46,13 @@ def trial_row(result: Any, trials_root: str, max_validations: int) -> dict[str, 
         "seconds": metrics.get("time_total_s"),
         "adapter": adapter if has_adapter else None,
     }
+
+
+def started_at(history) -> float | None:
+    """When the trial started (unix seconds): its first report's time less that report's work."""
+    if history is None or history.empty or "timestamp" not in history:
+        return None
+    return float(history["timestamp"].iloc[0] - history["time_this_iter_s"].iloc[0])
 
 
 def write_table(rows: list[dict[str, Any]], path: str) -> tuple[str, str]:
@@ -63,17 +73,25 @@ def optuna_study(rows: list[dict[str, Any]], config: SearchConfig):
     import optuna
 
     study = optuna.create_study(direction="minimize")
-    for row in rows:
-        value = row["best_val_loss"]
+    distributions = {name: optuna_distribution(spec) for name, spec in config.space.items()}
+    for row in rows:  # in start order: the history plot's x axis
+        value = row["final_val_loss"]
         if value is None or not math.isfinite(value):
             continue
-        params, distributions = {}, {}
-        for name, spec in config.space.items():
-            value_of = row.get(f"param_{name}")
-            params[name] = value_of
-            distributions[name] = optuna_distribution(spec)
+        params = {name: row.get(f"param_{name}") for name in config.space}
+        # An ASHA-stopped trial's loss is from an earlier validation, not comparable with a
+        # finished one's: it enters as PRUNED (Optuna's plots then leave it out).
+        finished = row["state"] == COMPLETED
         study.add_trial(
-            optuna.trial.create_trial(params=params, distributions=distributions, value=value)
+            optuna.trial.create_trial(
+                params=params,
+                distributions=distributions,
+                value=value if finished else None,
+                intermediate_values={row["validations"]: value},
+                state=optuna.trial.TrialState.COMPLETE
+                if finished
+                else optuna.trial.TrialState.PRUNED,
+            )
         )
     return study
 
@@ -94,18 +112,22 @@ def write_plots(rows: list[dict[str, Any]], config: SearchConfig, path: str) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import optuna
     from optuna.visualization import matplotlib as optuna_plots
 
     study = optuna_study(rows, config)
     plots = [("optimization_history.png", optuna_plots.plot_optimization_history)]
-    if len(study.trials) >= 2 and len(config.space) >= 1:
+    finished = [t for t in study.trials if t.state.is_finished() and t.value is not None]
+    if len(finished) >= 2:
         plots.append(("param_importances.png", optuna_plots.plot_param_importances))
     written = []
     for name, plot in plots:
-        if not study.trials:
+        if not finished:
             break
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():  # Optuna's matplotlib plots are "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot(study)
         except (ValueError, RuntimeError):  # e.g. importances when every value is equal
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes[0].figure
@@ -117,14 +139,25 @@ def write_plots(rows: list[dict[str, Any]], config: SearchConfig, path: str) -> 
     return written
 
 
-def summarise(grid, config: SearchConfig, path: str, trials_root: str, cache_uri: str, seconds):
-    """The TuneResult, with the table and plots written beside the experiment."""
+def summarise(
+    grid,
+    config: SearchConfig,
+    path: str,
+    trials_root: str,
+    cache_uri: str,
+    *,
+    validations: int,
+    seconds: float,
+):
+    """The TuneResult, with the table and plots written beside the experiment.
+
+    `validations` is a full-length trial's count: a trial with fewer was stopped by ASHA.
+    """
     from bluepri.tune.search import TuneResult
 
-    max_validations = max(1, scheduler_max_t(config))
     rows = sorted(
-        (trial_row(result, trials_root, max_validations) for result in grid),
-        key=lambda r: r["trial_id"],
+        (trial_row(result, trials_root, validations) for result in grid),
+        key=lambda r: (r["started"] is None, r["started"] or 0.0, r["trial_id"]),
     )
     parquet_uri, csv_uri = write_table(rows, path)
     plots = write_plots(rows, config, path)
@@ -146,11 +179,6 @@ def summarise(grid, config: SearchConfig, path: str, trials_root: str, cache_uri
         plots=plots,
         seconds=seconds,
     )
-
-
-def scheduler_max_t(config: SearchConfig) -> int:
-    epochs = int(config.train.get("num_train_epochs", 100))
-    return max(1, epochs // int(config.train.get("validation_epochs", 1)))
 
 
 def summary_lines(result) -> list[str]:

@@ -12,6 +12,7 @@ training checkpoint rather than training again.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,10 +29,12 @@ from bluepri.config import (
     build_config,
 )
 from bluepri.errors import BluepriError
-from bluepri.runtime import ensure_ray
+from bluepri.runtime import ensure_ray, require_state_api
+from bluepri.train.loop import VALIDATION
 
 METRIC, MODE = "val_loss", "min"
 TRIALS = "trials"
+SEARCH_JSON = "search.json"  # the search's own config, so `--resume <experiment>` needs no other
 TRIAL_DRIVER_CPU = 0.01
 
 
@@ -113,6 +116,20 @@ def experiment_path(config: SearchConfig) -> str:
     return storage.join(root, config.experiment_name)
 
 
+def saved_search(experiment: str) -> SearchConfig:
+    """The config a search was started with, read back from its experiment folder."""
+    if not storage.is_uri(experiment):
+        experiment = str(storage.resolve(experiment)[1])
+    experiment = experiment.rstrip("/")
+    saved = storage.join(experiment, SEARCH_JSON)
+    if not storage.is_file(saved):
+        raise BluepriError(f"{experiment} is not a bluepri search (no {SEARCH_JSON})")
+    values = storage.read_json(saved)
+    parent, name = experiment.rsplit("/", 1)
+    # Where the folder is now wins over where it was (it may have been moved or synced).
+    return build_config(SearchConfig, {**values, "storage_path": parent, "experiment_name": name})
+
+
 def trial_train_values(base: dict[str, Any], params: dict[str, Any], trial_dir: str) -> dict:
     """One trial's TrainConfig values: shared values + its hyperparameters + its folders."""
     values = {**base, **params}
@@ -160,31 +177,21 @@ def fitted_concurrency(config: SearchConfig, train: TrainConfig) -> int:
     return max(1, int(resources.get("CPU", 1) // per_trial))
 
 
-def build_tuner(config: SearchConfig, base: TrainConfig, trials_root: str):
+def build_tuner(config: SearchConfig, base: TrainConfig, trials_root: str, validations: int):
     """A fresh Tuner: OptunaSearch (seeded TPE) + ASHA on the validation loss."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    validations = max(1, base.num_train_epochs // base.validation_epochs)
     search = OptunaSearch(
         metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=config.seed)
-    )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        metric=METRIC,
-        mode=MODE,
-        max_t=validations,
-        grace_period=min(config.grace_period, validations),
-        reduction_factor=config.reduction_factor,
     )
     return tune.Tuner(
         trainable_with_resources(base.model_dump(), trials_root),
         param_space=ray_space(config.space),
         tune_config=tune.TuneConfig(
             search_alg=search,
-            scheduler=scheduler,
+            scheduler=asha(config, validations),
             num_samples=config.num_trials,
             max_concurrent_trials=fitted_concurrency(config, base),
         ),
@@ -194,6 +201,41 @@ def build_tuner(config: SearchConfig, base: TrainConfig, trials_root: str):
             failure_config=tune.FailureConfig(max_failures=1),
         ),
     )
+
+
+def asha(config: SearchConfig, validations: int):
+    """ASHA over validation numbers, its rungs all BEFORE a trial's last validation.
+
+    A stopped trial's actor is torn down mid-run, so a stop at (or after) the last validation
+    would throw away a finished run before its adapter is written. Hence the rungs end at
+    `validations - 1` and a trial that gets there runs to its end (`stop_last_trials=False`).
+    With one validation per trial there is nothing to compare early: no scheduler.
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    if not config.early_stopping or validations < 2:
+        return None
+    last_rung = validations - 1
+    # The validation number, not Tune's training_iteration: a trial restarted after the
+    # driver died resumes its run mid-way and must land on the same rungs.
+    return ASHAScheduler(
+        time_attr=VALIDATION,
+        metric=METRIC,
+        mode=MODE,
+        max_t=last_rung,
+        grace_period=min(config.grace_period, last_rung),
+        reduction_factor=config.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+def validations_per_trial(base: TrainConfig, cache_uri: str) -> int:
+    """How many validations (Tune reports, ASHA's time axis) a full-length trial makes: one
+    every `validation_epochs` and one at the end, over the epochs the train stage plans."""
+    from bluepri.train.trainer import make_plan
+
+    epochs = make_plan(base, cache_uri).num_epochs
+    return max(1, math.ceil(epochs / base.validation_epochs))
 
 
 def trainable_with_resources(base: dict[str, Any], trials_root: str):
@@ -223,8 +265,10 @@ def tune(
         raise BluepriError(f"search {path} exists; pass --resume to continue it or a new name")
     build_config(TrainConfig, config.train)  # a bad training config fails before any work
     ensure_ray()
+    require_state_api()
     cache_uri = shared_cache(config, log)
     base = base_train_config(config, cache_uri)
+    validations = validations_per_trial(base, cache_uri)  # also checks the cache fits the base
     trials_root = storage.join(path, TRIALS)
     if resume:
         log(f"resuming search {path}")
@@ -236,9 +280,18 @@ def tune(
         )
     else:
         log(f"searching {config.num_trials} trials over {', '.join(config.space)} on {cache_uri}")
-        tuner = build_tuner(config, base, trials_root)
+        storage.write_json(storage.join(path, SEARCH_JSON), config.model_dump(mode="json"))
+        tuner = build_tuner(config, base, trials_root, validations)
     grid = tuner.fit()
-    result = summarise(grid, config, path, trials_root, cache_uri, time.perf_counter() - started)
+    result = summarise(
+        grid,
+        config,
+        path,
+        trials_root,
+        cache_uri,
+        validations=validations,
+        seconds=time.perf_counter() - started,
+    )
     if config.promote and result.best_adapter:
         result.promotion = promote_best(config, result, base, log)
     return result
