@@ -19,14 +19,21 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def test_demo_writes_images_and_contact_sheet(
-    ray_session, tiny_models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_session,
+    tiny_models,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A relative --out, as `make demo` gives: every stage (Ray workers, Tune trials in their
+    # own working directories) must still find the files.
+    monkeypatch.chdir(tmp_path)
     out_dir = tmp_path / "demo"
     code, out, err = run_cli(
         capsys,
         "demo",
         "--out",
-        str(out_dir),
+        "demo",
         "--num-images",
         "3",
         "--dataset-size",
@@ -35,6 +42,8 @@ def test_demo_writes_images_and_contact_sheet(
         "5",
         "--size",
         "64",
+        "--tune-trials",
+        "2",
     )
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(out_dir)
@@ -48,6 +57,18 @@ def test_demo_writes_images_and_contact_sheet(
         assert base.std() > 0 and np.abs(base - lora).max() > 0
     assert (out_dir / "adapter" / "pytorch_lora_weights.safetensors").is_file()
     assert (out_dir / "registry" / "blueprints" / "champion").is_file()
+    # The search ran on the same cache and its winner was judged against the trained champion.
+    table = (out_dir / "tune" / "demo-search" / "results.csv").read_text().splitlines()
+    assert len(table) == 3  # header + 2 trials
+    history = [
+        json.loads(line)
+        for line in (out_dir / "registry" / "blueprints" / "history.jsonl").read_text().splitlines()
+    ]
+    decision = history[-1]
+    assert decision["action"] in ("promote", "reject")
+    assert decision["metrics"]["champion_version"] == "v0001"
+    assert decision["metrics"]["candidate"] > 0 and decision["metrics"]["champion"] > 0
+    assert "search demo-search" in decision["reason"]
     sheet = Image.open(out_dir / "contact_sheet.png")
     assert sheet.width > 3 * 64
     assert len(list((out_dir / "dataset").glob("*.png"))) == 6

@@ -181,6 +181,7 @@ def demo(
     steps: int = typer.Option(None, help="Denoising steps per image."),
     size: int = typer.Option(None, help="Image height in pixels (multiple of 8)."),
     seed: int = typer.Option(None),
+    tune_trials: int = typer.Option(None, "--tune-trials", help="Search trials (0: no search)."),
     config: Path = typer.Option(None, help="YAML file with the same keys."),
 ) -> None:
     """Run the platform end to end on tiny models and synthetic blueprints."""
@@ -194,6 +195,7 @@ def demo(
             "steps": steps,
             "size": size,
             "seed": seed,
+            "tune_trials": tune_trials,
         },
     )
     from bluepri.demo import run_demo  # heavy imports only once the config is valid

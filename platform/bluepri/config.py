@@ -120,6 +120,8 @@ class DemoConfig(StrictModel):
     train_workers: int = Field(2, ge=1)
     train_epochs: int = Field(3, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    tune_trials: int = Field(4, ge=0)  # the demo's search (1-worker trials); 0 skips it
+    tune_epochs: int = Field(3, ge=1)
 
 
 SourceFormat = Literal["auto", "imagefolder", "folder", "parquet", "hf"]

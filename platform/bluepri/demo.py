@@ -2,9 +2,11 @@
 
 Synthesises a blueprint set, prepares it into a training cache on Ray Data (validation,
 dedup, BLIP captions for the uncaptioned drawings, VAE + text-encoder embeddings), trains a
-LoRA adapter on Ray Train with 2 workers, registers it as the champion in the adapter
-registry, and renders catalogue prompts through the paper's two-stage base -> refiner
-process with both prompts, with and without the champion.
+LoRA adapter on Ray Train with 2 workers and registers it as the champion in the adapter
+registry, searches learning rate, rank and snr_gamma on the same cache (Ray Tune + Optuna +
+ASHA) and promotes the winner only if it beats that champion, then renders catalogue prompts
+through the paper's two-stage base -> refiner process with both prompts, with and without
+the champion.
 Everything lands in one output folder. Each stage that lands adds its step here.
 """
 
@@ -16,9 +18,11 @@ from pathlib import Path
 from PIL import Image
 from pydantic import BaseModel
 
+from bluepri import storage
 from bluepri.config import (
     DemoConfig,
     PrepareConfig,
+    SearchConfig,
     SynthConfig,
     TrainConfig,
     build_config,
@@ -30,6 +34,9 @@ from bluepri.imaging import contact_sheet
 from bluepri.registry import AdapterRegistry
 from bluepri.storage import output_folder
 from bluepri.train import train
+from bluepri.tune import TuneResult, tune
+from bluepri.tune.results import summary_lines
+from bluepri.tune.search import experiment_path
 
 # (prompt for text encoder 1 = subject, prompt_2 for text encoder 2 = style), as the paper's
 # dual-encoder section suggests.
@@ -55,6 +62,7 @@ class DemoResult(BaseModel):
     dataset_sheet: str
     cache: CacheInfo
     adapter: str
+    search: TuneResult | None
     champion: str
     images: list[str]
     contact_sheet: str
@@ -83,11 +91,11 @@ def catalogue_requests(config: DemoConfig) -> list[GenerationRequest]:
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     """Run every landed stage on the tiny models and the synthetic set."""
-    out = output_folder(config.out_dir)
+    out = output_folder(config.out_dir).resolve()  # stages run in other working dirs
     renders = output_folder(out / "renders")
     requests = catalogue_requests(config)  # validate everything before the first step
 
-    log(f"[1/5] synthesising {config.dataset_size} blueprints")
+    log(f"[1/6] synthesising {config.dataset_size} blueprints")
     dataset = synthesize(
         SynthConfig(out_dir=str(out / "dataset"), num_images=config.dataset_size, seed=config.seed)
     )
@@ -97,7 +105,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
         dataset_sheet
     )
 
-    log("[2/5] preparing the training cache (Ray Data: validate, dedup, caption, encode)")
+    log("[2/6] preparing the training cache (Ray Data: validate, dedup, caption, encode)")
     cache = prepare(
         PrepareConfig(
             source=dataset.out_dir,
@@ -108,12 +116,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
             base=config.models.base,
             vae=config.models.vae,
             captioner=config.captioner,
+            val_fraction=0.25,  # enough held-out drawings to compare adapters on
         ),
         log=log,
     )
     log(f"  cache: {cache.uri}")
 
-    log(f"[3/5] training a LoRA adapter on Ray Train ({config.train_workers} workers)")
+    log(f"[3/6] training a LoRA adapter on Ray Train ({config.train_workers} workers)")
     trained = train(demo_train_config(config, cache.uri, out), log=log)
     log(
         f"  adapter: {trained.adapter}  held-out loss {trained.initial_val_loss:.4f} -> "
@@ -123,12 +132,25 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
     first = registry.put(trained.adapter, ADAPTER_NAME)
     registry.promote(ADAPTER_NAME, first.version, reason="the demo's first training run")
 
+    search = None
+    if config.tune_trials:
+        log(
+            f"[4/6] searching learning rate, rank and snr_gamma: {config.tune_trials} trials on "
+            "the same cache (Ray Tune + Optuna TPE + ASHA)"
+        )
+        search_config = demo_search_config(config, cache.uri, out)
+        # A second `make demo` resumes the finished search instead of training it again.
+        again = storage.exists(storage.join(experiment_path(search_config), "tuner.pkl"))
+        search = tune(search_config, resume=again, log=lambda _: None)
+        for line in summary_lines(search):
+            log(f"  {line}")
     champion = registry.get(ADAPTER_NAME, "champion")
+    log(f"  champion: {ADAPTER_NAME}/{registry.champion(ADAPTER_NAME)}")
 
-    log(f"[4/5] loading models (base {config.models.base}, refiner {config.models.refiner})")
+    log(f"[5/6] loading models (base {config.models.base}, refiner {config.models.refiner})")
     pipes = load_pipelines(config.models)
 
-    log(f"[5/5] rendering {len(requests)} catalogue prompts, base and champion adapter")
+    log(f"[6/6] rendering {len(requests)} catalogue prompts, base and champion adapter")
     paths, images, labels = [], [], []
     for index, request in enumerate(requests):
         for tag, adapter in (("base", None), ("lora", str(champion))):
@@ -147,32 +169,66 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
         dataset_sheet=str(dataset_sheet),
         cache=cache,
         adapter=trained.adapter,
+        search=search,
         champion=str(champion),
         images=paths,
         contact_sheet=str(sheet),
     )
 
 
+def demo_recipe(config: DemoConfig, cache_uri: str) -> dict:
+    """The paper's recipe, short, on the demo cache: what the training run and trials share."""
+    return {
+        "pretrained_model_name_or_path": config.models.base,
+        "cache": cache_uri,
+        "train_batch_size": 4,
+        "snr_gamma": 5.0,
+        "validation_prompt": CATALOGUE_PROMPTS[0][0],
+        "validation_inference_steps": config.steps,
+        "seed": config.seed,
+    }
+
+
 def demo_train_config(config: DemoConfig, cache_uri: str, out: Path) -> TrainConfig:
-    """A short run of the paper's recipe on the demo cache."""
+    """A short run of the paper's recipe on `train_workers` workers."""
     return build_config(
         TrainConfig,
         {
-            "pretrained_model_name_or_path": config.models.base,
-            "cache": cache_uri,
+            **demo_recipe(config, cache_uri),
             "output_dir": str(out / "adapter"),
             "num_workers": config.train_workers,
             "num_train_epochs": config.train_epochs,
-            "train_batch_size": 4,
             "learning_rate": config.learning_rate,
             "rank": 8,
-            "snr_gamma": 5.0,
             "checkpointing_steps": 10,
-            "validation_prompt": CATALOGUE_PROMPTS[0][0],
             "num_validation_images": 2,
-            "validation_inference_steps": config.steps,
             "resume_from_checkpoint": "latest",
             "experiment_name": "demo",
+        },
+    )
+
+
+def demo_search_config(config: DemoConfig, cache_uri: str, out: Path) -> SearchConfig:
+    """A small search around the demo's recipe, promoting into the demo's registry."""
+    return build_config(
+        SearchConfig,
+        {
+            "experiment_name": "demo-search",
+            "storage_path": str(out / "tune"),
+            "num_trials": config.tune_trials,
             "seed": config.seed,
+            "registry": str(out / "registry"),
+            "adapter_name": ADAPTER_NAME,
+            "space": {
+                "learning_rate": {"kind": "loguniform", "low": 2e-4, "high": 5e-3},
+                "rank": {"kind": "int", "low": 4, "high": 32, "log": True},
+                "snr_gamma": {"kind": "choice", "choices": [None, 1.0, 5.0]},
+            },
+            "train": {
+                **demo_recipe(config, cache_uri),
+                "num_workers": 1,
+                "num_train_epochs": config.tune_epochs,
+                "num_validation_images": 0,
+            },
         },
     )

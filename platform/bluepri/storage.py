@@ -31,6 +31,11 @@ def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
         raise BluepriError(f"cannot open storage URI {uri!r}: {err}".splitlines()[0]) from None
 
 
+def absolute(uri: str | Path) -> str:
+    """A URI as is; a local path made absolute (Ray workers and Tune trials run elsewhere)."""
+    return str(uri) if is_uri(str(uri)) else str(Path(uri).expanduser().resolve())
+
+
 def join(uri: str | Path, *parts: str) -> str:
     """Join path parts onto a local path or URI."""
     base = str(uri).rstrip("/")

@@ -192,9 +192,7 @@ def release_controller(previous_sigint: Any) -> None:
 
 def with_resolved_paths(config: TrainConfig) -> TrainConfig:
     """Absolute local paths (workers do not share the driver's working directory)."""
-
-    def absolute(path: str) -> str:
-        return path if storage.is_uri(path) else str(Path(path).expanduser().resolve())
+    absolute = storage.absolute
 
     output_dir = absolute(config.output_dir)
     values = config.model_dump()
@@ -352,7 +350,13 @@ def cache_for(config: TrainConfig, log: Callable[[str], None]) -> str:
         return config.cache
     from bluepri.data.prepare import prepare
 
-    prepare_config = build_config(
+    return prepare(prepare_config_for(config), log=log).uri
+
+
+def prepare_config_for(config: TrainConfig, **extra: Any) -> PrepareConfig:
+    """The data stage's config for a training config's source (`extra`: PrepareConfig-only
+    knobs such as stage_cpus, or overrides)."""
+    return build_config(
         PrepareConfig,
         {
             "source": config.train_data_dir or config.dataset_name,
@@ -367,9 +371,9 @@ def cache_for(config: TrainConfig, log: Callable[[str], None]) -> str:
             "captioner": config.captioner,
             "val_fraction": config.val_fraction,
             # The cache's seed stays 0: a new training seed must not mean a new cache.
+            **extra,
         },
     )
-    return prepare(prepare_config, log=log).uri
 
 
 def make_plan(config: TrainConfig, cache_uri: str) -> TrainPlan:

@@ -20,14 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from bluepri import storage
-from bluepri.config import (
-    DEFAULT_BASE,
-    ParamSpec,
-    PrepareConfig,
-    SearchConfig,
-    TrainConfig,
-    build_config,
-)
+from bluepri.config import ParamSpec, SearchConfig, TrainConfig, build_config
 from bluepri.errors import BluepriError
 from bluepri.runtime import ensure_ray, require_state_api
 from bluepri.train.loop import VALIDATION
@@ -77,50 +70,35 @@ def ray_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
 
 
 def base_train_config(config: SearchConfig, cache_uri: str) -> TrainConfig:
-    """The trials' shared training config (validated once, before any trial)."""
-    return build_config(TrainConfig, {**config.train, "cache": cache_uri})
+    """The trials' shared training config (validated once, before any trial), with the cache
+    as an absolute path: a trial runs in its own working directory."""
+    return build_config(TrainConfig, {**config.train, "cache": storage.absolute(cache_uri)})
 
 
 def shared_cache(config: SearchConfig, log: Callable[[str], None]) -> str:
-    """The ONE cache every trial reads: given, or prepared once here (a no-op when current)."""
-    train = config.train
-    if train.get("cache"):
-        return train["cache"]
-    source = train.get("train_data_dir") or train.get("dataset_name")
-    if not source:
+    """The ONE cache every trial reads: given, or prepared once here (a no-op when current),
+    exactly as the train stage would prepare it for the trials' shared training config."""
+    if config.train.get("cache"):
+        return config.train["cache"]
+    train = build_config(TrainConfig, config.train)
+    if not (train.train_data_dir or train.dataset_name):
         raise BluepriError("tune needs train.cache or train.train_data_dir / train.dataset_name")
     from bluepri.data.prepare import prepare
+    from bluepri.train.trainer import prepare_config_for, with_resolved_paths
 
-    prepare_config = build_config(
-        PrepareConfig,
-        {
-            "source": source,
-            "out": train.get("cache_root") or storage.join(experiment_path(config), "cache"),
-            "resolution": train.get("resolution") or 1024,
-            "center_crop": train.get("center_crop", False),
-            "random_flip": train.get("random_flip", False),
-            "image_column": train.get("image_column") or "image",
-            "caption_column": train.get("caption_column") or "text",
-            "base": train.get("pretrained_model_name_or_path", DEFAULT_BASE),
-            "vae": train.get("pretrained_vae_model_name_or_path"),
-            **config.prepare,
-        },
-    )
-    return prepare(prepare_config, log=log).uri
+    if not config.train.get("cache_root"):
+        cache_root = storage.join(experiment_path(config), "cache")
+        train = build_config(TrainConfig, {**train.model_dump(), "cache_root": cache_root})
+    return prepare(prepare_config_for(with_resolved_paths(train), **config.prepare), log=log).uri
 
 
 def experiment_path(config: SearchConfig) -> str:
-    root = config.storage_path
-    if not storage.is_uri(root):
-        root = str(storage.resolve(root)[1])
-    return storage.join(root, config.experiment_name)
+    return storage.join(storage.absolute(config.storage_path), config.experiment_name)
 
 
 def saved_search(experiment: str) -> SearchConfig:
     """The config a search was started with, read back from its experiment folder."""
-    if not storage.is_uri(experiment):
-        experiment = str(storage.resolve(experiment)[1])
-    experiment = experiment.rstrip("/")
+    experiment = storage.absolute(experiment).rstrip("/")
     saved = storage.join(experiment, SEARCH_JSON)
     if not storage.is_file(saved):
         raise BluepriError(f"{experiment} is not a bluepri search (no {SEARCH_JSON})")
@@ -292,6 +270,12 @@ def tune(
         validations=validations,
         seconds=time.perf_counter() - started,
     )
+    if result.num_trials and result.errored == result.num_trials:
+        first = str(grid.errors[0]).strip().splitlines() if grid.errors else []
+        raise RuntimeError(
+            f"every trial of search {path} failed; the last error line of the first: "
+            + (first[-1] if first else "unknown")
+        )
     if config.promote and result.best_adapter:
         result.promotion = promote_best(config, result, base, log)
     return result
