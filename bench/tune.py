@@ -137,6 +137,15 @@ def main() -> None:
         f"search speed-up vs baseline: {baseline_s / search_s:.2f}x  "
         f"({search.completed} trials ran to the end, {search.stopped_early} stopped by ASHA)"
     )
+    print("per trial (search: state, validations, last val loss | baseline: full-length loss)")
+    for row, full in zip(rows, baseline_losses, strict=True):
+        params = f"lr={row['param_learning_rate']:.2e} rank={row['param_rank']} " + (
+            f"snr_gamma={row['param_snr_gamma']}"
+        )
+        print(
+            f"  {params:<44}{row['state']:>14}{row['validations']:>3}"
+            f"{row['final_val_loss']:>10.5f} | {full:.5f}"
+        )
 
 
 if __name__ == "__main__":

@@ -38,12 +38,17 @@ SPACE = {
 
 
 @pytest.fixture(scope="module")
-def tune_cache(ray_session, tiny_models, tmp_path_factory: pytest.TempPathFactory):
-    """The ONE prepared cache every search below shares."""
+def tune_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tune-synth")
     synthesize(SynthConfig(out_dir=str(folder), num_images=12, seed=11))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tune_cache(ray_session, tiny_models, tune_set: Path, tmp_path_factory):
+    """The ONE prepared cache every search below shares."""
     config = PrepareConfig(
-        source=str(folder),
+        source=str(tune_set),
         out=str(tmp_path_factory.mktemp("tune-cache")),
         resolution=RESOLUTION,
         center_crop=True,
@@ -248,11 +253,7 @@ def test_killed_driver_resumes_and_trains_nothing_twice(
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(values))
     experiment = tmp_path / "experiments" / "search"
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
-        "TRANSFORMERS_VERBOSITY": "error",
-    }
+    env = ray_env(ray_session)
     driver = subprocess.Popen(
         [sys.executable, "-c", "import sys; from bluepri.cli import main; sys.exit(main())"]
         + ["tune", "--config", str(config_file)],
@@ -300,6 +301,51 @@ def test_killed_driver_resumes_and_trains_nothing_twice(
         assert row["param_learning_rate"] == pytest.approx(
             params_before[trial]["training_config"]["learning_rate"]
         )
+
+
+# -- the nightly job: prepare (a no-op here) -> tune -> promote, a summary a scheduler reads ----
+
+
+def ray_env(ray_session) -> dict[str, str]:
+    """A child process's environment that joins the session's Ray."""
+    return {
+        **os.environ,
+        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+
+
+def test_nightly_job_reuses_the_cache_and_reports_its_decision(
+    ray_session, tune_set: Path, tune_cache, tmp_path: Path
+) -> None:
+    values = search_values(tmp_path, tune_cache.uri, num_trials=1, early_stopping=False, epochs=2)
+    train = values["train"]
+    del train["cache"]  # from the image folder, as at night: the data stage decides
+    train.update(
+        train_data_dir=str(tune_set),
+        cache_root=str(Path(tune_cache.uri).parent),
+        center_crop=True,
+        captioner="tiny:blip",
+        val_fraction=0.25,
+    )
+    config_file = tmp_path / "nightly.yaml"
+    config_file.write_text(yaml.safe_dump(values))
+    manifest = Path(tune_cache.manifest_uri)
+    written = manifest.stat().st_mtime_ns
+    done = subprocess.run(
+        [sys.executable, "jobs/nightly_tune.py", str(config_file), "--experiment_name", "night"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env=ray_env(ray_session),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "ok" and summary["completed"] == 1
+    assert summary["cache_uri"] == tune_cache.uri and "is up to date" in done.stdout
+    assert manifest.stat().st_mtime_ns == written  # the data did not change: nothing rebuilt
+    assert summary["promotion"]["decision"] == "promote"  # an empty registry: first champion
+    assert AdapterRegistry(tmp_path / "registry").champion("blueprints") == "v0001"
 
 
 # -- 5: bad search configs: one line, nothing started ----------------------------------------

@@ -1,9 +1,13 @@
 """Training: LoRA fine-tuning of SDXL on Ray Train (`train(TrainConfig) -> TrainResult`).
 
 The per-worker loop, losses (Min-SNR, noise offset), validation, checkpoints and the
-TorchTrainer wiring live in this package; `train` is its one entry point.
+TorchTrainer wiring live in this package; `train` is its one entry point. What a stage that
+drives training runs (tune) may rely on is exported here too: the plan a config makes on a
+cache, the data stage's config for a training config, and the report key that numbers
+validations.
 """
 
-from bluepri.train.trainer import TrainResult, train
+from bluepri.train.loop import VALIDATION
+from bluepri.train.trainer import TrainResult, make_plan, prepare_config_for, train
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["VALIDATION", "TrainResult", "make_plan", "prepare_config_for", "train"]

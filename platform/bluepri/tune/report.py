@@ -6,7 +6,7 @@ from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from bluepri.train.loop import VALIDATION
+from bluepri.train import VALIDATION
 
 
 class ValidationReportCallback(TuneReportCallback):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from bluepri import storage
 from bluepri.config import SearchConfig
-from bluepri.train.loop import VALIDATION
+from bluepri.train import VALIDATION
 
 COMPLETED, STOPPED_EARLY, ERRORED = "completed", "stopped_early", "error"
 

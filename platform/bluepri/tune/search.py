@@ -23,7 +23,7 @@ from bluepri import storage
 from bluepri.config import ParamSpec, SearchConfig, TrainConfig, build_config
 from bluepri.errors import BluepriError
 from bluepri.runtime import ensure_ray, require_state_api
-from bluepri.train.loop import VALIDATION
+from bluepri.train import VALIDATION
 
 METRIC, MODE = "val_loss", "min"
 TRIALS = "trials"
@@ -84,12 +84,12 @@ def shared_cache(config: SearchConfig, log: Callable[[str], None]) -> str:
     if not (train.train_data_dir or train.dataset_name):
         raise BluepriError("tune needs train.cache or train.train_data_dir / train.dataset_name")
     from bluepri.data.prepare import prepare
-    from bluepri.train.trainer import prepare_config_for, with_resolved_paths
+    from bluepri.train import prepare_config_for
 
     if not config.train.get("cache_root"):
         cache_root = storage.join(experiment_path(config), "cache")
         train = build_config(TrainConfig, {**train.model_dump(), "cache_root": cache_root})
-    return prepare(prepare_config_for(with_resolved_paths(train), **config.prepare), log=log).uri
+    return prepare(prepare_config_for(train, **config.prepare), log=log).uri
 
 
 def experiment_path(config: SearchConfig) -> str:
@@ -130,7 +130,7 @@ def make_trial_fn(base: dict[str, Any], trials_root: str):
     def run_trial(params: dict[str, Any]) -> None:
         import ray.tune
 
-        from bluepri.train.trainer import train
+        from bluepri.train import train
         from bluepri.tune.report import ValidationReportCallback
 
         trial_dir = storage.join(trials_root, ray.tune.get_context().get_trial_id())
@@ -210,7 +210,7 @@ def asha(config: SearchConfig, validations: int):
 def validations_per_trial(base: TrainConfig, cache_uri: str) -> int:
     """How many validations (Tune reports, ASHA's time axis) a full-length trial makes: one
     every `validation_epochs` and one at the end, over the epochs the train stage plans."""
-    from bluepri.train.trainer import make_plan
+    from bluepri.train import make_plan
 
     epochs = make_plan(base, cache_uri).num_epochs
     return max(1, math.ceil(epochs / base.validation_epochs))
