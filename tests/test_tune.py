@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from bluepri.cli import main
-from bluepri.config import PrepareConfig, SearchConfig, SynthConfig, build_config
+from bluepri.config import DEFAULT_BASE, PrepareConfig, SearchConfig, SynthConfig, build_config
 from bluepri.data.prepare import prepare
 from bluepri.data.synth import synthesize
 from bluepri.registry import AdapterRegistry
@@ -395,3 +395,15 @@ def test_nightly_job_exit_code_for_a_bad_config(tmp_path: Path) -> None:
     assert done.returncode == 2
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["status"] == "bad_config" and "num_trials" in summary["error"]
+
+
+def test_nightly_config_searches_the_papers_knobs_on_real_sdxl() -> None:
+    from bluepri.config import load_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_yaml(repo / "jobs" / "configs" / "nightly_tune.yaml", SearchConfig)
+    assert config.space["learning_rate"].kind == "loguniform"
+    assert (config.space["rank"].low, config.space["rank"].high) == (4, 128)
+    assert None in config.space["snr_gamma"].choices  # Min-SNR off is a candidate
+    assert config.train["pretrained_model_name_or_path"] == DEFAULT_BASE
+    assert config.early_stopping and config.promote
