@@ -119,6 +119,19 @@ def test_rerun_replaces_the_previous_set_and_leaves_other_files(tmp_path: Path) 
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_same_set_again_leaves_the_files_untouched(tmp_path: Path) -> None:
+    """Re-synthesising the same set must not change file stamps: a prepared cache's source
+    fingerprint holds them, so `make demo` twice keeps its cache (and its training run)."""
+    config = SynthConfig(out_dir=str(tmp_path), num_images=6, seed=2, **SMALL)
+    synthesize(config)
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
+    synthesize(config)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")} == stamps
+    synthesize(config.model_copy(update={"seed": 3}))  # a different set is written anew
+    changed = [p for p in tmp_path.glob("*.png") if stamps.get(p.name) != p.stat().st_mtime_ns]
+    assert len(changed) >= 5
+
+
 def test_family_subset_and_progress_callback(tmp_path: Path) -> None:
     seen: list[int] = []
     config = SynthConfig(out_dir=str(tmp_path / "new" / "dir"), num_images=4, **SMALL)

@@ -9,6 +9,7 @@ always gives byte-identical files.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -1158,8 +1159,9 @@ def checked_families(config: SynthConfig) -> list[str]:
     return list(dict.fromkeys(config.families))
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Create out_dir, or clear the set a previous run wrote there (only the files it listed)."""
+def prepare_out_dir(out_dir: Path, keep: set[str]) -> None:
+    """Create out_dir, or clear the set a previous run wrote there (only the files it listed,
+    and not those this run writes again: see `write_if_changed`)."""
     output_folder(out_dir)
     metadata = out_dir / METADATA_NAME
     if not metadata.is_file():
@@ -1169,9 +1171,17 @@ def prepare_out_dir(out_dir: Path) -> None:
             name = json.loads(line).get("file_name")
         except (json.JSONDecodeError, AttributeError):
             continue
-        if isinstance(name, str) and OUR_FILE_NAME.fullmatch(name):
+        if isinstance(name, str) and OUR_FILE_NAME.fullmatch(name) and name not in keep:
             (out_dir / name).unlink(missing_ok=True)
     metadata.unlink()
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Leave a file with these exact bytes untouched: its mtime is part of a cache's source
+    fingerprint, so the same set synthesised again keeps its prepared cache valid."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    path.write_bytes(data)
 
 
 def synthesize(config: SynthConfig, on_image: Callable[[int], None] | None = None) -> SynthResult:
@@ -1183,23 +1193,27 @@ def synthesize(config: SynthConfig, on_image: Callable[[int], None] | None = Non
     """
     families = checked_families(config)
     out_dir = Path(config.out_dir)
-    prepare_out_dir(out_dir)
     n = config.num_images
     seeds = np.random.SeedSequence(config.seed % 2**64)
     rng = np.random.default_rng(seeds)
     assigned = [families[int(k) % len(families)] for k in rng.permutation(n)]
+    names = [f"bp_{i:05d}_{family}.png" for i, family in enumerate(assigned)]
+    prepare_out_dir(out_dir, keep=set(names))
     blank = round(n * config.uncaptioned_fraction)
     uncaptioned = {int(k) for k in rng.choice(n, size=blank, replace=False)}
     rows = []
     # Each image has its own child seed, so image i doesn't depend on how much randomness
     # the images before it happened to use.
-    for i, (family, image_seed) in enumerate(zip(assigned, seeds.spawn(n), strict=True)):
+    for i, (family, name, image_seed) in enumerate(
+        zip(assigned, names, seeds.spawn(n), strict=True)
+    ):
         image_rng = np.random.default_rng(image_seed)
         size = pick_size(image_rng, family, config.min_side, config.max_side)
         image, content = render_blueprint(family, size, image_rng)
         caption = build_caption(content, image_rng)
-        name = f"bp_{i:05d}_{family}.png"
-        image.save(out_dir / name, format="PNG")
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        write_if_changed(out_dir / name, png.getvalue())
         rows.append(
             {"file_name": name, "text": None if i in uncaptioned else caption, "family": family}
         )
