@@ -407,3 +407,18 @@ def test_nightly_config_searches_the_papers_knobs_on_real_sdxl() -> None:
     assert None in config.space["snr_gamma"].choices  # Min-SNR off is a candidate
     assert config.train["pretrained_model_name_or_path"] == DEFAULT_BASE
     assert config.early_stopping and config.promote
+
+
+def test_concurrency_is_fitted_to_the_clusters_cpus(ray_session, tmp_path: Path) -> None:
+    """2 CPUs: one 1-worker trial at a time (its driver's 0.01 CPU must fit beside it)."""
+    from bluepri.config import TrainConfig
+    from bluepri.tune.search import fitted_concurrency
+
+    config = build_config(SearchConfig, search_values(tmp_path, str(tmp_path)))
+    one_worker = TrainConfig(pretrained_model_name_or_path="tiny:base", cache=".", num_workers=1)
+    assert ray_session.cluster_resources()["CPU"] == 2
+    assert fitted_concurrency(config, one_worker) == 1
+    two_workers = one_worker.model_copy(update={"num_workers": 2})
+    assert fitted_concurrency(config, two_workers) == 1  # never 0: a trial must be able to run
+    pinned = config.model_copy(update={"max_concurrent_trials": 3})
+    assert fitted_concurrency(pinned, one_worker) == 3
