@@ -18,7 +18,6 @@ from pathlib import Path
 from PIL import Image
 from pydantic import BaseModel
 
-from bluepri import storage
 from bluepri.config import (
     DemoConfig,
     PrepareConfig,
@@ -36,7 +35,7 @@ from bluepri.storage import output_folder
 from bluepri.train import train
 from bluepri.tune import TuneResult, tune
 from bluepri.tune.results import summary_lines
-from bluepri.tune.search import experiment_path
+from bluepri.tune.search import search_exists
 
 # (prompt for text encoder 1 = subject, prompt_2 for text encoder 2 = style), as the paper's
 # dual-encoder section suggests.
@@ -140,8 +139,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
         )
         search_config = demo_search_config(config, cache.uri, out)
         # A second `make demo` resumes the finished search instead of training it again.
-        again = storage.exists(storage.join(experiment_path(search_config), "tuner.pkl"))
-        search = tune(search_config, resume=again, log=lambda _: None)
+        search = tune(search_config, resume=search_exists(search_config), log=lambda _: None)
         for line in summary_lines(search):
             log(f"  {line}")
     champion = registry.get(ADAPTER_NAME, "champion")

@@ -24,7 +24,9 @@ def trial_row(result: Any, trials_root: str, max_validations: int) -> dict[str, 
     history = result.metrics_dataframe
     val = [] if history is None or "val_loss" not in history else history["val_loss"].dropna()
     trial_id = metrics.get("trial_id") or result.path.rsplit("/", 1)[-1]
-    adapter = storage.join(trials_root, trial_id, "adapter")
+    from bluepri.tune.search import trial_adapter
+
+    adapter = trial_adapter(trials_root, trial_id)
     has_adapter = storage.is_file(storage.join(adapter, "adapter.json"))
     validations = int(metrics.get(VALIDATION, 0))
     if result.error is not None:
@@ -121,9 +123,9 @@ def write_plots(rows: list[dict[str, Any]], config: SearchConfig, path: str) -> 
     if len(finished) >= 2:
         plots.append(("param_importances.png", optuna_plots.plot_param_importances))
     written = []
+    if not finished:
+        return written
     for name, plot in plots:
-        if not finished:
-            break
         try:
             with warnings.catch_warnings():  # Optuna's matplotlib plots are "experimental"
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

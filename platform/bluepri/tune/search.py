@@ -70,25 +70,24 @@ def ray_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
 
 
 def base_train_config(config: SearchConfig, cache_uri: str) -> TrainConfig:
-    """The trials' shared training config (validated once, before any trial), with the cache
-    as an absolute path: a trial runs in its own working directory."""
+    """The trials' shared training config on the shared cache, as an absolute path: a trial
+    runs in its own working directory."""
     return build_config(TrainConfig, {**config.train, "cache": storage.absolute(cache_uri)})
 
 
-def shared_cache(config: SearchConfig, log: Callable[[str], None]) -> str:
+def shared_cache(config: SearchConfig, train: TrainConfig, log: Callable[[str], None]) -> str:
     """The ONE cache every trial reads: given, or prepared once here (a no-op when current),
-    exactly as the train stage would prepare it for the trials' shared training config."""
-    if config.train.get("cache"):
-        return config.train["cache"]
-    train = build_config(TrainConfig, config.train)
+    exactly as the train stage would prepare it for `train`, the trials' shared config."""
+    if train.cache:
+        return train.cache
     if not (train.train_data_dir or train.dataset_name):
         raise BluepriError("tune needs train.cache or train.train_data_dir / train.dataset_name")
     from bluepri.data.prepare import prepare
     from bluepri.train import prepare_config_for
 
-    if not config.train.get("cache_root"):
+    if not train.cache_root:
         cache_root = storage.join(experiment_path(config), "cache")
-        train = build_config(TrainConfig, {**train.model_dump(), "cache_root": cache_root})
+        train = train.model_copy(update={"cache_root": cache_root})
     return prepare(prepare_config_for(train, **config.prepare), log=log).uri
 
 
@@ -108,14 +107,26 @@ def saved_search(experiment: str) -> SearchConfig:
     return build_config(SearchConfig, {**values, "storage_path": parent, "experiment_name": name})
 
 
-def trial_train_values(base: dict[str, Any], params: dict[str, Any], trial_dir: str) -> dict:
+def trial_adapter(trials_root: str, trial_id: str) -> str:
+    """Where a trial writes its adapter artifact (only a trial that runs to the end does)."""
+    return storage.join(trials_root, trial_id, "adapter")
+
+
+def search_exists(config: SearchConfig) -> bool:
+    """Whether a search of this name was started here (then only `resume` may continue it)."""
+    return storage.exists(storage.join(experiment_path(config), "tuner.pkl"))
+
+
+def trial_train_values(
+    base: dict[str, Any], params: dict[str, Any], trials_root: str, trial_id: str
+) -> dict:
     """One trial's TrainConfig values: shared values + its hyperparameters + its folders."""
     values = {**base, **params}
     if "rank" in values:
         values["rank"] = int(values["rank"])
     values.update(
-        output_dir=storage.join(trial_dir, "adapter"),
-        storage_path=storage.join(trial_dir, "runs"),
+        output_dir=trial_adapter(trials_root, trial_id),
+        storage_path=storage.join(trials_root, trial_id, "runs"),
         experiment_name="train",
         resume_from_checkpoint="latest",  # a restarted trial continues, never retrains
         report_to="none",
@@ -133,8 +144,8 @@ def make_trial_fn(base: dict[str, Any], trials_root: str):
         from bluepri.train import train
         from bluepri.tune.report import ValidationReportCallback
 
-        trial_dir = storage.join(trials_root, ray.tune.get_context().get_trial_id())
-        config = build_config(TrainConfig, trial_train_values(base, params, trial_dir))
+        trial_id = ray.tune.get_context().get_trial_id()
+        config = build_config(TrainConfig, trial_train_values(base, params, trials_root, trial_id))
         train(config, log=lambda _: None, callbacks=[ValidationReportCallback()])
 
     return run_trial
@@ -239,12 +250,12 @@ def tune(
     path = experiment_path(config)
     if resume and not ray_tune.Tuner.can_restore(path):
         raise BluepriError(f"no search to resume at {path}")
-    if not resume and storage.exists(storage.join(path, "tuner.pkl")):
+    if not resume and search_exists(config):
         raise BluepriError(f"search {path} exists; pass --resume to continue it or a new name")
-    build_config(TrainConfig, config.train)  # a bad training config fails before any work
+    train = build_config(TrainConfig, config.train)  # a bad one fails before any work
     ensure_ray()
     require_state_api()
-    cache_uri = shared_cache(config, log)
+    cache_uri = shared_cache(config, train, log)
     base = base_train_config(config, cache_uri)
     validations = validations_per_trial(base, cache_uri)  # also checks the cache fits the base
     trials_root = storage.join(path, TRIALS)
