@@ -136,7 +136,7 @@ def cached_vs_encoding(
 
 
 def cache_keys_rows(cache_uri: str) -> list[dict]:
-    from bluepri.train.data import shard_dataset
+    from bluepri.artifacts import shard_dataset
 
     return shard_dataset(cache_uri).to_table(columns=["sample_id", "key"]).to_pylist()
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from datetime import datetime
 
 EXIT_OK, EXIT_NO_WINNER, EXIT_BAD_CONFIG, EXIT_FAILED = 0, 1, 2, 3
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     from bluepri.config import SearchConfig, load_yaml
-    from bluepri.errors import BluepriError
+    from bluepri.errors import BluepriError, error_line
     from bluepri.tune import tune
     from bluepri.tune.results import summary_lines
 
@@ -41,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         config = config.model_copy(update={"experiment_name": name})
         result = tune(config, resume=args.resume, log=lambda line: print(line, flush=True))
     except BluepriError as err:
-        print(json.dumps({"status": "bad_config", "error": str(err)}))
+        print(json.dumps({"status": "bad_config", "error": error_line(err)}))
         return EXIT_BAD_CONFIG
     except Exception as err:  # a scheduler needs a code and a line, not only a traceback
-        print(json.dumps({"status": "failed", "error": f"{type(err).__name__}: {err}"}))
+        traceback.print_exc()  # the whole story goes to stderr, the JSON line gets one line
+        print(json.dumps({"status": "failed", "error": error_line(err)}))
         return EXIT_FAILED
     for line in summary_lines(result):
         print(line)

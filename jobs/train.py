@@ -3,8 +3,9 @@
     ray job submit --working-dir . -- python jobs/train.py jobs/configs/train.yaml \
         num_workers=8 output_dir=s3://bucket/adapters/run-42 storage_path=s3://bucket/runs
 
-Values are parsed as YAML (`learning_rate=5e-5`, `train_text_encoder=false`,
-`lora_targets=[to_q,to_v]`). The job joins the cluster named by RAY_ADDRESS (set by
+Values follow the config field's type (`mixed_precision=no` is the string "no",
+`learning_rate=5e-5` a float, `lora_targets=[to_q,to_v]` a list); `key=null` unsets a key
+the YAML file sets. The job joins the cluster named by RAY_ADDRESS (set by
 `ray job submit`), or starts a local Ray when run by hand.
 """
 
@@ -13,20 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
-
-import yaml
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`key=value` strings -> {key: YAML-parsed value}."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"bluepri: error: override {item!r} is not key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-    from bluepri.config import TrainConfig, load_yaml
+    from bluepri.config import TrainConfig, load_yaml, parse_overrides
     from bluepri.errors import BluepriError
 
     try:
-        config = load_yaml(args.config, TrainConfig, parse_overrides(args.overrides))
+        config = load_yaml(args.config, TrainConfig, parse_overrides(TrainConfig, args.overrides))
         from bluepri.train import train
 
         result = train(config)

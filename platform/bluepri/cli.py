@@ -434,7 +434,11 @@ def tune_command(
     seed: int = typer.Option(None, "--seed"),
     registry: str = typer.Option(None, "--registry", help="Adapter registry root."),
     resume: str = typer.Option(
-        None, "--resume", help="Experiment folder of a search whose driver died: continue it."
+        None,
+        "--resume",
+        help="Experiment folder of a search whose driver died: continue it. The folder must "
+        "be trusted: Ray Tune unpickles its saved state (bluepri refuses folders without "
+        "their search.json).",
     ),
     promote: bool = typer.Option(None, "--promote/--no_promote"),
 ) -> None:

@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -73,21 +74,78 @@ def build_config(model: type[ConfigT], values: dict[str, Any]) -> ConfigT:
         raise BluepriError(f"invalid {model.__name__}: {first_error_line(err)}") from None
 
 
+class Unset:
+    """An override that removes a key the YAML file sets (`key=null`), so its default holds."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = Unset()
+
+
 def load_yaml(
     path: str | Path, model: type[ConfigT], overrides: dict[str, Any] | None = None
 ) -> ConfigT:
-    """Read a YAML mapping, apply non-None overrides (CLI flags win), validate into `model`."""
+    """Read a YAML mapping, apply overrides (CLI flags win; None means "not given", `UNSET`
+    removes the key), validate into `model`."""
     path = Path(path)
     if not path.is_file():
         raise BluepriError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+        values = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise BluepriError(
+            f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8"
+        ) from None
+    except (yaml.YAMLError, RecursionError) as err:
         raise BluepriError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
     if not isinstance(values, dict):
         raise BluepriError(f"config file {path} must hold a mapping of keys to values")
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in (overrides or {}).items():
+        if value is UNSET:
+            values.pop(key, None)
+        elif value is not None:
+            values[key] = value
     return build_config(model, values)
+
+
+def parse_overrides(model: type[BaseModel], items: list[str]) -> dict[str, Any]:
+    """`key=value` strings (a Ray Job's arguments) -> overrides typed by `model`'s fields.
+
+    A value the field accepts as written stays a string for pydantic to convert
+    (`mixed_precision=no` is the string "no", not YAML 1.1's false; `train_data_dir=data/no`
+    a path); otherwise it is read as YAML (`lora_targets=[to_q, to_v]`). `key=null` unsets
+    the key so the field's default holds.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BluepriError(f"override {item!r} is not key=value")
+        field = model.model_fields.get(key)
+        if field is None:
+            raise BluepriError(
+                f"unknown key {key!r} in override {item!r}; {model.__name__} has "
+                + ", ".join(sorted(model.model_fields))
+            )
+        overrides[key] = typed_override(field.annotation, raw)
+    return overrides
+
+
+def typed_override(annotation: Any, raw: str) -> Any:
+    if raw.strip() in ("null", "~", "None"):
+        return UNSET
+    try:
+        TypeAdapter(annotation).validate_python(raw)
+        return raw
+    except ValidationError:
+        pass
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw  # pydantic's message about the raw string is the clearest one
 
 
 class ModelsConfig(StrictModel):
@@ -373,6 +431,16 @@ class SearchConfig(StrictModel):
     registry: str | None = None  # default $BLUEPRI_HOME/registry
     adapter_name: str = "blueprints"
     promote: bool = True
+
+    @field_validator("adapter_name")
+    @classmethod
+    def registry_id(cls, value: str) -> str:
+        # Refused here, before the search, not by the registry after hours of training.
+        from bluepri.registry.ids import ID_RULE, is_valid_id
+
+        if not is_valid_id(value):
+            raise ValueError(f"{value!r} is not a registry name: use {ID_RULE}")
+        return value
 
     @field_validator("space")
     @classmethod

@@ -128,8 +128,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
         f"{trained.final_val_loss:.4f}"
     )
     registry = AdapterRegistry(out / "registry")
-    first = registry.put(trained.adapter, ADAPTER_NAME)
-    registry.promote(ADAPTER_NAME, first.version, reason="the demo's first training run")
+    first = registry.put(trained.adapter, ADAPTER_NAME)  # a re-run gets the same version back
+    if registry.champion(ADAPTER_NAME) is None:
+        registry.promote(ADAPTER_NAME, first.version, reason="the demo's first training run")
 
     search = None
     if config.tune_trials:

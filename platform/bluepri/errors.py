@@ -8,3 +8,13 @@ and keeps its traceback.
 
 class BluepriError(Exception):
     """A user-facing error; `str(err)` is the whole one-line message."""
+
+
+def error_line(err: BaseException) -> str:
+    """One line for any error: ours as they are; others as their type and last line (Ray
+    wraps a remote error in its whole traceback, whose last line names the cause)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, BluepriError):
+        return lines[0] if lines else "error"
+    last = lines[-1] if lines else ""
+    return f"{type(err).__name__}: {last}"[:500] if last else type(err).__name__

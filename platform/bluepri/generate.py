@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
+from bluepri.artifacts import WEIGHTS_NAME
 from bluepri.config import ModelsConfig, StrictModel
 from bluepri.errors import BluepriError
 from bluepri.models import load_base, load_refiner
@@ -105,10 +106,8 @@ def use_adapter(pipes: Pipelines, request: GenerationRequest) -> None:
         return
     folder = str(Path(request.adapter).expanduser().resolve())
     if folder not in pipes.adapters:
-        if not (Path(folder) / "pytorch_lora_weights.safetensors").is_file():
-            raise BluepriError(
-                f"adapter {request.adapter!r} has no pytorch_lora_weights.safetensors"
-            )
+        if not (Path(folder) / WEIGHTS_NAME).is_file():
+            raise BluepriError(f"adapter {request.adapter!r} has no {WEIGHTS_NAME}")
         pipes.base.load_lora_weights(folder, adapter_name=adapter_name(folder))
         pipes.adapters[folder] = adapter_name(folder)
     pipes.base.enable_lora()

@@ -7,6 +7,8 @@ on a laptop (local folders) and on a cluster (shared object storage).
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +65,32 @@ def read_bytes(uri: str | Path) -> bytes:
         return stream.read()
 
 
+STAGING_PREFIX = ".tmp-"
+
+
 def write_bytes(uri: str | Path, data: bytes) -> None:
+    """Write a whole file atomically: a reader sees the old bytes or the new, never half.
+
+    Local files go to a staging name beside the target and are renamed over it (removed
+    again if the write fails); an object store's PUT of one buffer is atomic already.
+    """
     fs, path = resolve(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
+    folder = path.rsplit("/", 1)[0]
+    fs.create_dir(folder, recursive=True)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    staging = f"{folder}/{STAGING_PREFIX}{uuid.uuid4().hex}"
+    try:
+        with open(staging, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    finally:
+        if os.path.lexists(staging):
+            os.unlink(staging)
 
 
 def read_json(uri: str | Path) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bluepri import storage
+from bluepri.artifacts import has_adapter, read_adapter_info
 from bluepri.config import TrainConfig, build_config
 from bluepri.errors import BluepriError
 
@@ -47,12 +47,8 @@ def heldout_loss(
     if adapter is not None:
         folder = Path(adapter)
         models.pipe.load_lora_weights(str(folder))
-        info = (
-            storage.read_json(folder / "adapter.json")
-            if (folder / "adapter.json").is_file()
-            else {}
-        )
-        for name in info.get("trained_modules", []):
+        trained = read_adapter_info(str(folder)).trained_modules if has_adapter(str(folder)) else []
+        for name in trained:
             if name != "unet":  # captions must then go through the adapted text encoders
                 models.trainable[name] = getattr(models.pipe, name)
     return validation_loss(

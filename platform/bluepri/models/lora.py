@@ -11,7 +11,6 @@ from typing import Any
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
 def attach_lora(

@@ -7,6 +7,7 @@
     loss_curve.png, metrics.json       training and held-out loss history
     validation/epoch-NNNN.png          sample grids (written during training)
 
+The names and the adapter.json model are `bluepri.artifacts`'s; this module writes them.
 Rank 0 writes into a local folder and `publish_folder` copies it to the output URI, so
 `--output_dir` may be a local path or shared storage (s3://, gs://).
 """
@@ -22,13 +23,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from bluepri import __version__, storage
-from bluepri.models.lora import TEXT_ENCODER_TARGETS, WEIGHTS_NAME, save_lora_folder
-
-ADAPTER_JSON = "adapter.json"
-MODEL_CARD = "README.md"
-METRICS_JSON = "metrics.json"
-LOSS_CURVE = "loss_curve.png"
-ARTIFACT_FORMAT = 1
+from bluepri.artifacts import ADAPTER_FORMAT, ADAPTER_JSON, MODEL_CARD, WEIGHTS_NAME, AdapterInfo
+from bluepri.models.lora import TEXT_ENCODER_TARGETS, save_lora_folder
 
 
 def sha256_file(path: Path) -> str:
@@ -48,7 +44,7 @@ def write_adapter(
     config: dict[str, Any],
     plan: dict[str, Any],
     metrics: dict[str, Any],
-) -> dict[str, Any]:
+) -> AdapterInfo:
     """Weights, adapter.json and the model card into local `folder`; returns adapter.json."""
     save_lora_folder(folder, unet, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
     trained = ["unet"] + [
@@ -57,39 +53,43 @@ def write_adapter(
         if module is not None
     ]
     rank = config["rank"]
-    info = {
-        "format": ARTIFACT_FORMAT,
-        "kind": "sdxl-lora",
-        "base": config["pretrained_model_name_or_path"],
-        "vae": config["pretrained_vae_model_name_or_path"],
-        "rank": rank,
-        "alpha": config["lora_alpha"] if config["lora_alpha"] is not None else rank,
-        "targets": {
-            "unet": list(config["lora_targets"]),
-            **{name: list(TEXT_ENCODER_TARGETS) for name in trained[1:]},
-        },
-        "trained_modules": trained,
-        "prediction_type": metrics.get("prediction_type"),
-        "cache": {"uri": plan["cache_uri"], "fingerprint": plan["cache_fingerprint"]},
-        "training_config": config,
-        "plan": plan,
-        "metrics": {k: v for k, v in metrics.items() if k != "prediction_type"},
-        "weights": {"file": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME)},
-        "created": datetime.now(timezone.utc).isoformat(),
-        "bluepri_version": __version__,
-    }
-    (folder / ADAPTER_JSON).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    info = AdapterInfo.model_validate(
+        {
+            "format": ADAPTER_FORMAT,
+            "kind": "sdxl-lora",
+            "base": config["pretrained_model_name_or_path"],
+            "vae": config["pretrained_vae_model_name_or_path"],
+            "rank": rank,
+            "alpha": config["lora_alpha"] if config["lora_alpha"] is not None else rank,
+            "targets": {
+                "unet": list(config["lora_targets"]),
+                **{name: list(TEXT_ENCODER_TARGETS) for name in trained[1:]},
+            },
+            "trained_modules": trained,
+            "prediction_type": metrics.get("prediction_type"),
+            "cache": {"uri": plan["cache_uri"], "fingerprint": plan["cache_fingerprint"]},
+            "training_config": config,
+            "plan": plan,
+            "metrics": {k: v for k, v in metrics.items() if k != "prediction_type"},
+            "weights": {"file": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME)},
+            "created": datetime.now(timezone.utc).isoformat(),
+            "bluepri_version": __version__,
+        }
+    )
     (folder / MODEL_CARD).write_text(model_card(info))
+    # adapter.json last: a folder holding it is a finished artifact (`has_adapter`).
+    (folder / ADAPTER_JSON).write_text(info.to_json())
     return info
 
 
-def model_card(info: dict[str, Any]) -> str:
+def model_card(info: AdapterInfo) -> str:
     """A Hugging Face model card: front matter the hub indexes, then how to use it."""
-    config, metrics = info["training_config"], info["metrics"]
+    config, metrics = info.training_config, info.metrics
     prompt = config.get("validation_prompt") or "a detailed blueprint drawing"
+    cache = info.cache.fingerprint if info.cache else "-"
     lines = [
         "---",
-        f"base_model: {info['base']}",
+        f"base_model: {info.base}",
         "library_name: diffusers",
         "license: openrail++",
         "tags:",
@@ -103,9 +103,9 @@ def model_card(info: dict[str, Any]) -> str:
         "",
         "# SDXL LoRA for blueprint drawings",
         "",
-        f"LoRA adapter (rank {info['rank']}, alpha {info['alpha']}) for `{info['base']}`, "
-        f"trained with bluepri {info['bluepri_version']} on cache "
-        f"`{info['cache']['fingerprint']}`. Trained modules: {', '.join(info['trained_modules'])}.",
+        f"LoRA adapter (rank {info.rank}, alpha {info.alpha}) for `{info.base}`, "
+        f"trained with bluepri {info.bluepri_version} on cache "
+        f"`{cache}`. Trained modules: {', '.join(info.trained_modules)}.",
         "",
         "## Use",
         "",
@@ -113,7 +113,7 @@ def model_card(info: dict[str, Any]) -> str:
         "import torch",
         "from diffusers import StableDiffusionXLPipeline",
         "",
-        f'pipe = StableDiffusionXLPipeline.from_pretrained("{info["base"]}", '
+        f'pipe = StableDiffusionXLPipeline.from_pretrained("{info.base}", '
         'torch_dtype=torch.float16).to("cuda")',
         'pipe.load_lora_weights("<this folder or hub id>")',
         f"image = pipe({json.dumps(prompt)}).images[0]",
@@ -125,11 +125,11 @@ def model_card(info: dict[str, Any]) -> str:
         f"- learning rate: {config['learning_rate']} ({config['lr_scheduler']}), "
         f"batch size {config['train_batch_size']} x {config['num_workers']} workers "
         f"x {config['gradient_accumulation_steps']} accumulation",
-        f"- resolution: {info['plan'].get('resolution')}, mixed precision: "
+        f"- resolution: {info.plan.get('resolution')}, mixed precision: "
         f"{config['mixed_precision']}, snr_gamma: {config['snr_gamma']}",
         f"- held-out loss (fixed noise): {metrics.get('initial_val_loss')} before, "
         f"{metrics.get('final_val_loss')} after",
-        f"- weights sha256: `{info['weights']['sha256']}`",
+        f"- weights sha256: `{info.weights.sha256}`",
         "",
     ]
     return "\n".join(lines)

@@ -1,10 +1,12 @@
 """The training cache as each worker reads it, and the deterministic order of its rows.
 
-Every worker reads the cache's rows itself (sorted by sample id, so the file layout does not
-matter) and walks a per-epoch permutation drawn from (seed, epoch), sharded by rank. The
-order is a pure function of those numbers, so a restarted worker finds its exact place from
-(epoch, batch index) alone: no replayed epoch, no skipped sample. Ray Data's streaming split
-would read faster at scale but its order is not reproducible across a restart.
+The cache's format and reader belong to `bluepri.artifacts`; this module wraps a split as a
+torch Dataset. Every worker reads the cache's rows itself (sorted by sample id, so the file
+layout does not matter) and walks a per-epoch permutation drawn from (seed, epoch), sharded
+by rank. The order is a pure function of those numbers, so a restarted worker finds its
+exact place from (epoch, batch index) alone: no replayed epoch, no skipped sample. Ray
+Data's streaming split would read faster at scale but its order is not reproducible across
+a restart.
 
 Rows of different latent sizes (aspect-ratio buckets) never share a batch: the permutation
 is grouped by size, each group padded to a multiple of the worker count by wrapping around
@@ -15,80 +17,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 
-from bluepri import storage
-from bluepri.errors import BluepriError
-
-MANIFEST = "manifest.json"
-SHARDS = "shards"
-TENSOR_COLUMNS = ("latents", "latents_std", "prompt_embeds", "pooled_prompt_embeds", "time_ids")
-
-BucketKey = tuple[int, int]  # target (height, width) in pixels
-
-
-def read_manifest(cache_uri: str) -> dict[str, Any]:
-    """The cache's manifest; a folder without one is not a (complete) cache."""
-    manifest_uri = storage.join(cache_uri, MANIFEST)
-    if not storage.is_file(manifest_uri):
-        raise BluepriError(f"{cache_uri!r} is not a prepared cache (no {MANIFEST})")
-    return storage.read_json(manifest_uri)
-
-
-def shard_dataset(cache_uri: str):
-    """The cache's shards as a pyarrow dataset (Ray's tensor columns come back as such)."""
-    import pyarrow.dataset as pads
-    import ray.data  # noqa: F401  (registers Ray's Arrow tensor extension types)
-
-    fs, path = storage.resolve(storage.join(cache_uri, SHARDS))
-    return pads.dataset(path, filesystem=fs, format="parquet")
-
-
-def row_arrays(column) -> list[np.ndarray]:
-    """One numpy array per row of a tensor column (fixed-shape or ragged)."""
-    rows: list[np.ndarray] = []
-    for chunk in column.chunks:
-        rows.extend(np.asarray(row) for row in chunk.to_numpy())
-    return rows
-
-
-def bucket_key(time_ids: np.ndarray) -> BucketKey:
-    """The target size recorded in SDXL's time ids: rows of one size can share a batch."""
-    return int(time_ids[4]), int(time_ids[5])
-
-
-@dataclass
-class CacheIndex:
-    """Split and size bucket of every row, sorted by sample id: what planning needs."""
-
-    sample_ids: list[str]
-    splits: list[str]
-    buckets: list[BucketKey]
-    columns: list[str]
-
-    def split_buckets(self, split: str) -> list[BucketKey]:
-        return [b for b, s in zip(self.buckets, self.splits, strict=True) if s == split]
-
-
-def read_index(cache_uri: str) -> CacheIndex:
-    """The small columns only: cheap enough for the driver to plan from."""
-    dataset = shard_dataset(cache_uri)
-    table = dataset.to_table(columns=["sample_id", "split", "time_ids"])
-    ids = table.column("sample_id").to_pylist()
-    splits = table.column("split").to_pylist()
-    buckets = [bucket_key(t) for t in row_arrays(table.column("time_ids"))]
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    return CacheIndex(
-        sample_ids=[ids[i] for i in order],
-        splits=[splits[i] for i in order],
-        buckets=[buckets[i] for i in order],
-        columns=list(dataset.schema.names),
-    )
+from bluepri.artifacts import TENSOR_COLUMNS, BucketKey, bucket_key, read_split_rows
 
 
 class CacheSplit(torch.utils.data.Dataset):
@@ -116,22 +51,9 @@ class CacheSplit(torch.utils.data.Dataset):
 
 
 def read_split(cache_uri: str, split: str) -> CacheSplit:
-    """All rows of `split` ('train' or 'val'), sorted by sample id."""
-    import pyarrow.compute as pc
-
-    dataset = shard_dataset(cache_uri)
-    names = dataset.schema.names
-    wanted = ["sample_id", "split", "caption", *(c for c in TENSOR_COLUMNS if c in names)]
-    table = dataset.to_table(columns=wanted)
-    table = table.filter(pc.equal(table.column("split"), split))
-    ids = table.column("sample_id").to_pylist()
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    captions = table.column("caption").to_pylist()
-    arrays = {}
-    for name in wanted[3:]:
-        rows = row_arrays(table.column(name))
-        arrays[name] = [rows[i] for i in order]
-    return CacheSplit([ids[i] for i in order], [captions[i] for i in order], arrays)
+    """All rows of `split` ('train' or 'val'), sorted by sample id, as a torch Dataset."""
+    rows = read_split_rows(cache_uri, split)
+    return CacheSplit(rows.sample_ids, rows.captions, rows.arrays)
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 
 from bluepri import storage
+from bluepri.artifacts import LOSS_CURVE, METRICS_JSON, VALIDATION_DIR
 from bluepri.config import ModelsConfig, TrainConfig
 from bluepri.data.encode import encode_prompts
-from bluepri.train.artifact import LOSS_CURVE, METRICS_JSON, publish_folder, write_adapter
+from bluepri.train.artifact import publish_folder, write_adapter
 from bluepri.train.checkpoint import (
     TrainState,
     checkpoint_name,
@@ -500,7 +501,7 @@ def sample_grid(
         labels = [f"epoch {epoch} seed {plan.seed + i}" for i in range(len(images))]
         grid = contact_sheet(images, labels, cell=max(128, plan.resolution))
         storage.write_bytes(
-            storage.join(config.output_dir, "validation", f"epoch-{epoch:04d}.png"),
+            storage.join(config.output_dir, VALIDATION_DIR, f"epoch-{epoch:04d}.png"),
             png_bytes(grid),
         )
         tracker.log_images("validation", images, step=step)

@@ -30,12 +30,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from bluepri import storage
+from bluepri.artifacts import LOSS_CURVE, METRICS_JSON, read_adapter_info, read_index, read_manifest
 from bluepri.config import PrepareConfig, TrainConfig, build_config
 from bluepri.errors import BluepriError
 from bluepri.models.loading import resolve_ref
-from bluepri.train.artifact import ADAPTER_JSON, LOSS_CURVE, METRICS_JSON
 from bluepri.train.checkpoint import STATE, latest_checkpoint
-from bluepri.train.data import TrainPlan, batches_per_epoch, read_index, read_manifest
+from bluepri.train.data import TrainPlan, batches_per_epoch
 from bluepri.train.loop import RESUME_KEYS
 from bluepri.train.models import text_encoder_rates
 from bluepri.train.report import require_tracker
@@ -108,24 +108,25 @@ def train(
     ensure_ray()
     result = fit(config, plan, run_name, resume_from, callbacks)
     summary = result.return_value or {}
-    info = storage.read_json(storage.join(config.output_dir, ADAPTER_JSON))
+    info = read_adapter_info(config.output_dir)
     if config.push_to_hub:
         push_to_hub(config.output_dir, config.hub_model_id, log)
+    metrics = info.metrics
     return TrainResult(
         output_dir=config.output_dir,
         adapter=config.output_dir,
-        weights_sha256=info["weights"]["sha256"],
-        global_step=summary.get("global_step", info["metrics"]["global_step"]),
-        epochs=summary.get("epochs", info["metrics"]["epochs"]),
-        initial_val_loss=info["metrics"]["initial_val_loss"],
-        final_val_loss=info["metrics"]["final_val_loss"],
-        best_val_loss=info["metrics"]["best_val_loss"],
+        weights_sha256=info.weights.sha256,
+        global_step=summary.get("global_step", metrics["global_step"]),
+        epochs=summary.get("epochs", metrics["epochs"]),
+        initial_val_loss=metrics["initial_val_loss"],
+        final_val_loss=metrics["final_val_loss"],
+        best_val_loss=metrics["best_val_loss"],
         metrics_history=storage.join(config.output_dir, METRICS_JSON),
         loss_curve=storage.join(config.output_dir, LOSS_CURVE),
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         run_dir=storage.join(config.storage_path, run_name),
-        resumed_at=info["metrics"]["resumed_at"],
-        samples_per_s=info["metrics"]["samples_per_s"],
+        resumed_at=metrics["resumed_at"],
+        samples_per_s=metrics["samples_per_s"],
         cache_uri=plan.cache_uri,
         cache_fingerprint=plan.cache_fingerprint,
         seed=plan.seed,
@@ -379,8 +380,8 @@ def prepare_config_for(config: TrainConfig, **extra: Any) -> PrepareConfig:
 def make_plan(config: TrainConfig, cache_uri: str) -> TrainPlan:
     """Steps, epochs and learning rates, as diffusers' script derives them."""
     manifest = read_manifest(cache_uri)
-    prepared = manifest.get("config", {})
-    if manifest.get("splits", {}).get("train", 0) == 0:
+    prepared = manifest.config
+    if manifest.num_train == 0:
         raise BluepriError(f"cache {cache_uri!r} has no training rows")
     if prepared.get("base") != config.pretrained_model_name_or_path:
         raise BluepriError(
@@ -416,7 +417,7 @@ def make_plan(config: TrainConfig, cache_uri: str) -> TrainPlan:
     te1, te2 = text_encoder_rates(config, learning_rate)
     return TrainPlan(
         cache_uri=cache_uri,
-        cache_fingerprint=manifest["fingerprint"],
+        cache_fingerprint=manifest.fingerprint,
         resolution=resolution,
         num_train=len(train_buckets),
         num_val=len(index.split_buckets("val")),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bluepri import storage
+from bluepri.artifacts import read_adapter_info
 from bluepri.config import SearchConfig, TrainConfig
 from bluepri.eval import heldout_loss
 from bluepri.registry import AdapterRegistry, default_root
@@ -56,12 +56,12 @@ def measurer(cache_uri: str, base: TrainConfig) -> Callable[[Any], float]:
     """Held-out loss of an adapter folder on this cache, with the search's base model."""
 
     def measure(adapter: Any) -> float:
-        info = storage.read_json(storage.join(str(adapter), "adapter.json"))
+        info = read_adapter_info(str(adapter))
         return heldout_loss(
             cache_uri,
             base.pretrained_model_name_or_path,
             adapter,
-            prediction_type=info.get("prediction_type") or base.prediction_type,
+            prediction_type=info.prediction_type or base.prediction_type,
             vae_ref=base.pretrained_vae_model_name_or_path,
         )
 

@@ -12,6 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from bluepri import storage
+from bluepri.artifacts import has_adapter
 from bluepri.config import SearchConfig
 from bluepri.train import VALIDATION
 
@@ -27,11 +28,11 @@ def trial_row(result: Any, trials_root: str, max_validations: int) -> dict[str, 
     from bluepri.tune.search import trial_adapter
 
     adapter = trial_adapter(trials_root, trial_id)
-    has_adapter = storage.is_file(storage.join(adapter, "adapter.json"))
+    finished = has_adapter(adapter)
     validations = int(metrics.get(VALIDATION, 0))
     if result.error is not None:
         state = ERRORED
-    elif has_adapter and validations >= max_validations:
+    elif finished and validations >= max_validations:
         state = COMPLETED
     else:
         state = STOPPED_EARLY

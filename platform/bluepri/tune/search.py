@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from bluepri import storage
+from bluepri.artifacts import parse_json_object
 from bluepri.config import ParamSpec, SearchConfig, TrainConfig, build_config
 from bluepri.errors import BluepriError
 from bluepri.runtime import ensure_ray, require_state_api
@@ -101,10 +102,22 @@ def saved_search(experiment: str) -> SearchConfig:
     saved = storage.join(experiment, SEARCH_JSON)
     if not storage.is_file(saved):
         raise BluepriError(f"{experiment} is not a bluepri search (no {SEARCH_JSON})")
-    values = storage.read_json(saved)
+    values = parse_json_object(storage.read_bytes(saved), saved)
     parent, name = experiment.rsplit("/", 1)
     # Where the folder is now wins over where it was (it may have been moved or synced).
     return build_config(SearchConfig, {**values, "storage_path": parent, "experiment_name": name})
+
+
+def check_saved_search(path: str, config: SearchConfig) -> None:
+    """Resuming unpickles Tune's saved state from `path`: restore only a folder that holds
+    this very search's config, never an arbitrary folder with a `tuner.pkl` in it."""
+    saved = saved_search(path)
+    placement = {"storage_path", "experiment_name"}
+    if saved.model_dump(exclude=placement) != config.model_dump(exclude=placement):
+        raise BluepriError(
+            f"{path} holds another search (its {SEARCH_JSON} differs from this config); "
+            f"continue it with `bluepri tune --resume {path}` or pick a new experiment_name"
+        )
 
 
 def trial_adapter(trials_root: str, trial_id: str) -> str:
@@ -248,8 +261,10 @@ def tune(
 
     started = time.perf_counter()
     path = experiment_path(config)
-    if resume and not ray_tune.Tuner.can_restore(path):
-        raise BluepriError(f"no search to resume at {path}")
+    if resume:
+        check_saved_search(path, config)
+        if not ray_tune.Tuner.can_restore(path):
+            raise BluepriError(f"no search to resume at {path}")
     if not resume and search_exists(config):
         raise BluepriError(f"search {path} exists; pass --resume to continue it or a new name")
     train = build_config(TrainConfig, config.train)  # a bad one fails before any work
