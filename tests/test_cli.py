@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from bluepri.cli import main
+from bluepri.registry import AdapterRegistry
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -56,15 +57,12 @@ def test_demo_writes_images_and_contact_sheet(
         lora = np.asarray(Image.open(out_dir / "renders" / f"{index:03d}-lora.png"), np.int16)
         assert base.std() > 0 and np.abs(base - lora).max() > 0
     assert (out_dir / "adapter" / "pytorch_lora_weights.safetensors").is_file()
-    assert (out_dir / "registry" / "blueprints" / "champion").is_file()
+    registry = AdapterRegistry(out_dir / "registry")
+    assert registry.champion("blueprints") in registry.versions("blueprints")
     # The search ran on the same cache and its winner was judged against the trained champion.
     table = (out_dir / "tune" / "demo-search" / "results.csv").read_text().splitlines()
     assert len(table) == 3  # header + 2 trials
-    history = [
-        json.loads(line)
-        for line in (out_dir / "registry" / "blueprints" / "history.jsonl").read_text().splitlines()
-    ]
-    decision = history[-1]
+    decision = registry.history("blueprints")[-1]
     assert decision["action"] in ("promote", "reject")
     assert decision["metrics"]["champion_version"] == "v0001"
     assert decision["metrics"]["candidate"] > 0 and decision["metrics"]["champion"] > 0

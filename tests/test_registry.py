@@ -14,16 +14,17 @@ import re
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from bluepri.artifacts import ADAPTER_JSON, WEIGHTS_NAME
 from bluepri.cli import main
 from bluepri.errors import BluepriError
-from bluepri.registry import AdapterRegistry
-from bluepri.registry.checks import ADAPTER_JSON, WEIGHTS_NAME
+from bluepri.registry import AdapterRegistry, RegistryWarning
 
 KOHYA_KEY = re.compile(r"lora_(unet|te1|te2)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)")
 BAD_IDS = [
@@ -210,7 +211,7 @@ def test_put_refuses_overwrite_and_incomplete_artifacts(
         registry.put(corrupt, "blueprints")
     assert registry.versions("blueprints") == ["release-1"]
     assert sorted(p.name for p in (registry.get("blueprints", "release-1").parent).iterdir()) == [
-        "history.jsonl",
+        "history",
         "release-1",
     ]
 
@@ -233,9 +234,9 @@ def test_promote_and_rollback_follow_the_history(registry: AdapterRegistry, arti
         registry.rollback("blueprints", "again")
     assert registry.champion("blueprints") == "v0001"
 
-    pointer = json.loads((Path(registry.root) / "blueprints" / "champion").read_text())
-    assert pointer["version"] == "v0001" and pointer["reason"] == "still bad"
-    assert pointer["previous"] == "v0002" and pointer["promoted_at"]
+    last = registry.history("blueprints")[-1]
+    assert last["version"] == "v0001" and last["reason"] == "still bad"
+    assert last["champion_before"] == "v0002" and last["at"]
     actions = [(e["action"], e["version"]) for e in registry.history("blueprints")[3:]]
     assert actions == [
         ("promote", "v0001"),
@@ -291,8 +292,8 @@ def test_promote_if_better_both_ways_records_both_numbers(
         decisions[1]["metrics"]["candidate"] == 0.6 and decisions[1]["metrics"]["champion"] == 0.5
     )
     assert decisions[3]["metrics"]["candidate"] is None  # NaN is recorded as no measurement
-    pointer = json.loads((Path(registry.root) / "blueprints" / "champion").read_text())
-    assert pointer["metrics"]["candidate"] == 0.4 and pointer["metrics"]["champion"] == 0.5
+    assert decisions[-1]["metrics"]["candidate"] == 0.4
+    assert decisions[-1]["metrics"]["champion"] == 0.5
 
 
 def test_record_decision_validates_the_decision(registry: AdapterRegistry, artifacts) -> None:
@@ -435,7 +436,7 @@ def test_traversal_names_are_refused_and_nothing_outside_the_root_is_touched(
         for call in every_operation(registry, source, out, bad):
             with pytest.raises(BluepriError, match="invalid adapter (name|version)"):
                 call()
-    for reserved in ("champion", "latest", "history.jsonl"):
+    for reserved in ("champion", "latest", "history", "history.jsonl"):
         with pytest.raises(BluepriError, match="reserved"):
             registry.put(source, "ok", version=reserved)
 
@@ -545,6 +546,9 @@ def test_a_remote_root_hands_out_a_verified_cached_copy(artifacts, tmp_path: Pat
     assert cache in local.parents and sha256(local / WEIGHTS_NAME) == record.sha256
     flip_byte(local / WEIGHTS_NAME)  # a damaged cache copy is replaced, not handed out
     assert sha256(registry.get("ok") / WEIGHTS_NAME) == record.sha256
+    (local / "pytorch_lora_weights.bin").write_bytes(b"planted")  # diffusers would load it
+    assert not (registry.get("ok") / "pytorch_lora_weights.bin").exists()
+    assert [p.name for p in local.parent.iterdir()] == [local.name]  # no staging, no trash
     shutil.rmtree(local)
     flip_byte(root / "ok" / "v0001" / WEIGHTS_NAME)  # a damaged stored copy is refused
     with pytest.raises(BluepriError, match="checksum mismatch"):
@@ -552,11 +556,17 @@ def test_a_remote_root_hands_out_a_verified_cached_copy(artifacts, tmp_path: Pat
     assert list(local.parent.iterdir()) == []  # nothing half-downloaded left behind
 
 
-def test_contract_names_match_the_train_stage() -> None:
-    from bluepri.models.lora import WEIGHTS_NAME as TRAIN_WEIGHTS
-    from bluepri.train.artifact import ADAPTER_JSON as TRAIN_JSON
+def test_the_registry_spells_no_contract_name_of_its_own() -> None:
+    """The artifact's file names come from bluepri.artifacts, the one home of the contract."""
+    import ast
 
-    assert (ADAPTER_JSON, WEIGHTS_NAME) == (TRAIN_JSON, TRAIN_WEIGHTS)
+    import bluepri.registry
+
+    contract = {ADAPTER_JSON, WEIGHTS_NAME, "README.md", "validation"}
+    for source in Path(bluepri.registry.__file__).parent.glob("*.py"):
+        tree = ast.parse(source.read_text())
+        literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+        assert not literals & contract, f"{source.name} spells {literals & contract}"
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -707,3 +717,301 @@ def test_cli_default_registry_is_under_bluepri_home(bluepri_home: Path, capsys) 
     code, out, _ = run_cli(capsys, "adapters", "list")
     assert code == 0
     assert out.strip() == f"no adapters in {bluepri_home / 'registry'}"
+
+
+# -- untrusted adapter.json and history (issue 9, defect 2.12) ---------------------------------
+
+
+def nested_json(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def broken_adapter_json(good: str, case: str) -> str:
+    """adapter.json text that JSON accepts but that would break a reader of the registry."""
+    info = json.loads(good)
+    if case == "metrics is a string":
+        return json.dumps({**info, "metrics": "great"})
+    if case == "alpha is a word":
+        return json.dumps({**info, "alpha": "four"})
+    depth = {"nested 900 deep": 900, "nested 5000 deep": 5000}[case]
+    return json.dumps(info)[:-1] + f', "training_config": {{"x": {nested_json(depth)}}}}}'
+
+
+BROKEN_CASES = ["metrics is a string", "alpha is a word", "nested 900 deep", "nested 5000 deep"]
+
+
+@pytest.mark.parametrize("case", BROKEN_CASES)
+def test_put_refuses_an_adapter_json_that_would_break_readers(
+    case: str, registry: AdapterRegistry, artifacts, tmp_path: Path
+) -> None:
+    source = copy_artifact(artifacts["b"], tmp_path / "source")
+    (source / ADAPTER_JSON).write_text(
+        broken_adapter_json((source / ADAPTER_JSON).read_text(), case)
+    )
+    with pytest.raises(BluepriError) as refused:
+        registry.put(source, "bp")
+    assert len(str(refused.value).splitlines()) == 1
+    assert registry.list() == []
+
+
+def test_readers_report_a_hand_broken_version_and_go_on(
+    registry: AdapterRegistry, artifacts, tmp_path: Path, capsys
+) -> None:
+    for key in "abc":
+        registry.put(artifacts[key], "bp")
+    registry.promote("bp", "v0002", "the good one")
+    stored = Path(registry.root) / "bp"
+    for version, case in (("v0001", "nested 5000 deep"), ("v0003", "alpha is a word")):
+        path = stored / version / ADAPTER_JSON
+        path.write_text(broken_adapter_json(path.read_text(), case))
+
+    with pytest.warns(RegistryWarning) as warned:
+        records = registry.list()
+    assert sorted(str(w.message)[:16] for w in warned) == ["adapter bp/v0001", "adapter bp/v0003"]
+    assert [r.version for r in records] == ["v0002"]
+    assert records[0].metrics["final_val_loss"] == 0.6 and records[0].info["rank"] == 4
+    listing = registry.scan()
+    assert [r.version for r in listing.records] == ["v0002"]
+    assert sorted(p.where for p in listing.problems) == ["bp/v0001", "bp/v0003"]
+
+    for call in (
+        lambda: registry.verify("bp", "v0001"),
+        lambda: registry.export("bp", "v0003", tmp_path / "out"),
+        lambda: registry.show("bp", "v0003"),
+    ):
+        with pytest.raises(BluepriError) as refused:
+            call()
+        assert len(str(refused.value).splitlines()) == 1
+    code, out, err = run_cli(capsys, "adapters", "list", "--registry", str(registry.root))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("* bp/v0002 ")
+    skipped = err.splitlines()  # the CLI names each skipped entry on stderr, one line each
+    assert [line.split(":")[1].strip() for line in skipped] == [
+        "skipped bp/v0001",
+        "skipped bp/v0003",
+    ]
+
+
+def legacy_registry(root: Path, artifacts, lines: list[str]) -> Path:
+    """A registry as the code before issue 9 wrote it: `history.jsonl` and a `champion` file."""
+    name = root / "bp"
+    for version, key in (("v0001", "b"), ("v0002", "c")):
+        copy_artifact(artifacts[key], name / version)
+    (name / "history.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    return name
+
+
+def legacy_event(action: str, version: str, **fields) -> str:
+    return json.dumps(
+        {"at": "2025-01-01T00:00:00+00:00", "action": action, "version": version, **fields}
+    )
+
+
+def legacy_puts(artifacts) -> list[str]:
+    return [
+        legacy_event("put", "v0001", sha256=sha256(artifacts["b"] / WEIGHTS_NAME)),
+        legacy_event("put", "v0002", sha256=sha256(artifacts["c"] / WEIGHTS_NAME)),
+    ]
+
+
+def test_a_legacy_history_is_read_and_a_broken_line_is_skipped_and_reported(
+    artifacts, tmp_path: Path
+) -> None:
+    lines = [
+        *legacy_puts(artifacts),
+        legacy_event("promote", "v0001", champion_before=None, reason="first"),
+        '{"action": "promote", "version": "v00',  # a crash mid-write, or a careless edit
+        "",
+        legacy_event("promote", "v0002", champion_before="v0001", reason="better"),
+    ]
+    folder = legacy_registry(tmp_path / "registry", artifacts, lines)
+    (folder / "champion").write_text(json.dumps({"version": "v0002"}))
+    registry = AdapterRegistry(tmp_path / "registry")
+
+    with pytest.warns(RegistryWarning, match="bp/history.jsonl line 4 is not valid JSON"):
+        events = registry.history("bp")
+    assert [(e["action"], e["version"]) for e in events] == [
+        ("put", "v0001"),
+        ("put", "v0002"),
+        ("promote", "v0001"),
+        ("promote", "v0002"),
+    ]
+    with pytest.warns(RegistryWarning):
+        assert registry.champion("bp") == "v0002"
+        back = registry.rollback("bp", "v0002 is worse after all")
+        assert back.champion_after == "v0001" and registry.champion("bp") == "v0001"
+        assert registry.history("bp")[-1]["action"] == "rollback"
+        assert registry.verify("bp", "v0002").sha256 == sha256(artifacts["c"] / WEIGHTS_NAME)
+    assert (folder / "history.jsonl").read_text() == "".join(f"{line}\n" for line in lines)
+
+
+def test_a_version_without_a_put_event_is_refused(artifacts, tmp_path: Path) -> None:
+    """The put event's sha256 is what catches a re-signed adapter.json: never skip it."""
+    legacy_registry(tmp_path / "registry", artifacts, legacy_puts(artifacts)[1:])
+    registry = AdapterRegistry(tmp_path / "registry")
+    assert registry.verify("bp", "v0002").version == "v0002"
+    for call in (registry.get, registry.verify, registry.load_state_dict):
+        with pytest.raises(BluepriError, match="bp/v0001 has no put event in the registry history"):
+            call("bp", "v0001")
+
+
+def test_the_champion_is_replayed_from_the_history_not_a_pointer_file(
+    registry: AdapterRegistry, artifacts
+) -> None:
+    for key in "abc":
+        registry.put(artifacts[key], "bp")
+    for version in ("v0001", "v0002", "v0003"):
+        registry.promote("bp", version, f"crown {version}")
+    folder = Path(registry.root) / "bp"
+    assert not (folder / "champion").exists()
+    (folder / "champion").write_text(json.dumps({"version": "v0001"}))  # stale, or planted
+    assert registry.champion("bp") == "v0003"
+    assert registry.rollback("bp", "crooked walls").champion_after == "v0002"
+    assert registry.get("bp").name == "v0002"
+
+
+def test_rollbacks_decided_on_the_same_champion_undo_it_once(artifacts, tmp_path: Path) -> None:
+    """Two people who both roll back v0002 at once mean "not v0002", not "two steps back"."""
+    rollback = legacy_event("rollback", "v0001", champion_before="v0002", reason="bad")
+    lines = [
+        *legacy_puts(artifacts),
+        legacy_event("promote", "v0001", reason="first"),
+        legacy_event("promote", "v0002", reason="second"),
+        legacy_event("promote", "v0001", reason="first again"),
+        legacy_event("promote", "v0002", reason="second again"),
+        rollback,
+        rollback,
+    ]
+    legacy_registry(tmp_path / "registry", artifacts, lines)
+    assert AdapterRegistry(tmp_path / "registry").champion("bp") == "v0001"
+
+
+def test_a_broken_history_event_file_is_skipped_and_reported(
+    registry: AdapterRegistry, artifacts
+) -> None:
+    registry.put(artifacts["b"], "bp")
+    registry.promote("bp", "v0001", "first")
+    events = Path(registry.root) / "bp" / "history"
+    (events / "00000007.json").write_text('{"action": "prom')
+    (events / "00000008.json").write_text(json.dumps({"action": "promote", "version": "../x"}))
+    with pytest.warns(RegistryWarning) as warned:
+        assert [e["action"] for e in registry.history("bp")] == ["put", "promote"]
+    assert [str(w.message) for w in warned] == [
+        "bp/history/00000007.json is not valid JSON (Unterminated string starting at: line 1 "
+        "column 12 (char 11))",
+        "bp/history/00000008.json names no valid version",
+    ]
+
+
+# -- failed writes and repeated puts (issue 9, item 3) -----------------------------------------
+
+
+def registry_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def fail_into(target: str, real):
+    """`real(src, dst)` except when `dst` lies under `target`: then an I/O error."""
+
+    def failing(src, dst, *args, **kwargs):
+        if f"/{target}" in str(dst):
+            raise OSError(5, "injected I/O error", str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    return failing
+
+
+@pytest.mark.parametrize("when", ["the history write fails", "a copy fails mid-way"])
+def test_a_failed_put_leaves_no_staging_files_claims_or_events(
+    when: str, registry: AdapterRegistry, artifacts, monkeypatch
+) -> None:
+    import os
+
+    from bluepri.registry import store
+
+    registry.put(artifacts["b"], "bp")
+    before = registry_files(Path(registry.root))
+    if when == "the history write fails":
+        for call in ("replace", "link"):  # whichever puts the event file in place
+            monkeypatch.setattr(os, call, fail_into("history", getattr(os, call)))
+    else:
+        real_copy = store.copy_hashed
+
+        def copy_then_fail(src_fs, src, dst_fs, dst):
+            digest = real_copy(src_fs, src, dst_fs, dst)
+            if dst.endswith(WEIGHTS_NAME):  # the model card is in, adapter.json is not yet
+                raise OSError(5, "injected I/O error", dst)
+            return digest
+
+        monkeypatch.setattr(store, "copy_hashed", copy_then_fail)
+    with pytest.raises(OSError, match="injected I/O error"):
+        registry.put(artifacts["c"], "bp")
+    monkeypatch.undo()
+    assert registry_files(Path(registry.root)) == before
+    assert registry.versions("bp") == ["v0001"]
+    assert [e["action"] for e in registry.history("bp")] == ["put"]
+    assert registry.put(artifacts["c"], "bp").version == "v0002"
+
+
+class FailingWrites(RecordingHandler):
+    """A local filesystem (through pyarrow's generic API, so the claim protocol is used)
+    whose writes to paths containing `target` fail half-way."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+
+    def open_output_stream(self, path, metadata):
+        stream = self.local.open_output_stream(path)
+        if self.target not in path:
+            return stream
+        return pa.PythonFile(HalfWriter(stream), mode="w")
+
+
+class HalfWriter:
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.stream.write(bytes(data)[: len(data) // 2])
+        raise OSError(5, "injected I/O error")
+
+    def close(self) -> None:
+        self.stream.close()
+        self.closed = True
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("target", ["/history", WEIGHTS_NAME])
+def test_a_failed_put_on_an_object_store_leaves_nothing_behind(
+    target: str, artifacts, tmp_path: Path
+) -> None:
+    handler = FailingWrites(target="no failure yet")
+    registry = AdapterRegistry(tmp_path / "registry", filesystem=pafs.PyFileSystem(handler))
+    registry.put(artifacts["b"], "bp")
+    before = registry_files(tmp_path / "registry")
+    handler.target = target
+    with pytest.raises(OSError, match="injected I/O error"):
+        registry.put(artifacts["c"], "bp")
+    handler.target = "no failure any more"
+    assert registry_files(tmp_path / "registry") == before
+    assert registry.versions("bp") == ["v0001"]
+    assert [e["action"] for e in registry.history("bp")] == ["put"]
+
+
+def test_putting_the_same_weights_again_returns_the_existing_version(
+    registry: AdapterRegistry, artifacts, tmp_path: Path
+) -> None:
+    first = registry.put(artifacts["b"], "bp")
+    again = registry.put(copy_artifact(artifacts["b"], tmp_path / "rerun"), "bp")
+    assert (again.version, again.sha256) == (first.version, first.sha256)
+    assert registry.versions("bp") == ["v0001"]
+    assert [e["action"] for e in registry.history("bp")] == ["put"]
+    assert registry.put(artifacts["c"], "bp").version == "v0002"
+    # Another name is another lineage; an explicit version is a request to store that one.
+    assert registry.put(artifacts["b"], "other").version == "v0001"
+    assert registry.put(artifacts["b"], "bp", version="release-1").version == "release-1"

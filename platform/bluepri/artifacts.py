@@ -39,8 +39,10 @@ METRICS_JSON = "metrics.json"
 LOSS_CURVE = "loss_curve.png"
 VALIDATION_DIR = "validation"
 
-# Metadata files are small; a bigger one is not ours (and would be read whole into memory).
+# Metadata files are small and shallow; a bigger or deeper one is not ours (deep nesting
+# would also break pydantic's serialiser later, in some other reader).
 MAX_METADATA_BYTES = 16 * 1024 * 1024
+MAX_METADATA_DEPTH = 32
 TENSOR_COLUMNS = ("latents", "latents_std", "prompt_embeds", "pooled_prompt_embeds", "time_ids")
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
@@ -67,7 +69,21 @@ def parse_json_object(data: bytes, where: str) -> dict[str, Any]:
         raise BluepriError(f"{where} is nested too deeply to be ours") from None
     if not isinstance(value, dict):
         raise BluepriError(f"{where} must hold a JSON object")
+    if nesting_depth(value) > MAX_METADATA_DEPTH:
+        raise BluepriError(f"{where} is nested too deeply to be ours")
     return value
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep lists and objects nest (iteratively: no recursion limit to trip)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def validated(model: type[BaseModel], value: dict[str, Any], where: str) -> Any:

@@ -318,19 +318,26 @@ def adapters_list(
 ) -> None:
     """Stored versions: champion mark, created, rank, held-out loss, sha256."""
     store = open_registry(registry)
-    records = store.list(name)
-    if not records:
+    listing = store.scan(name)
+    report_problems(listing.problems)
+    if not listing.records:
         typer.echo(f"no adapters in {store.uri}")
         return
-    champions = {n: store.champion(n) for n in {r.name for r in records}}
-    for record in records:
+    champions = {n: store.champion(n) for n in {r.name for r in listing.records}}
+    for record in listing.records:
         mark = "*" if champions[record.name] == record.version else " "
-        loss = record.metrics.get("final_val_loss")
+        loss = record.adapter.metric("final_val_loss")
         typer.echo(
-            f"{mark} {record.name}/{record.version}  {record.info.get('created', '-')}  "
-            f"rank {record.info.get('rank', '-')}  val_loss {loss if loss is not None else '-'}  "
+            f"{mark} {record.name}/{record.version}  {record.adapter.created or '-'}  "
+            f"rank {record.adapter.rank}  val_loss {loss if loss is not None else '-'}  "
             f"sha256 {record.sha256[:12]}"
         )
+
+
+def report_problems(problems: list) -> None:
+    """Broken registry entries were skipped: say which, on stderr, and go on."""
+    for problem in problems:
+        typer.echo(f"bluepri: skipped {problem.where}: {problem.message}", err=True)
 
 
 @adapters_app.command("show")
@@ -407,7 +414,9 @@ def adapters_history(
     registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
 ) -> None:
     """Every put, promote, reject and rollback, oldest first."""
-    for event in open_registry(registry).history(name):
+    history = open_registry(registry).read_history(name)
+    report_problems(history.problems)
+    for event in history.events:
         details = event.get("reason") or event.get("sha256", "")[:12]
         typer.echo(f"{event.get('at')}  {event.get('action'):8}  {event.get('version')}  {details}")
 

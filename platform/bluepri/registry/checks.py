@@ -1,28 +1,24 @@
 """What an artifact must hold before the registry accepts or hands it out.
 
-Only safetensors are ever loaded: a pickle-based weights file (`.bin`, `.pt`, `.ckpt`, ...)
-can run arbitrary code when `torch.load` reads it, and diffusers' `load_lora_weights` falls
-back to `pytorch_lora_weights.bin` when it finds one, so such files are refused outright.
+adapter.json must be the contract's `AdapterInfo` (`bluepri.artifacts`), so that no stored
+entry can break a reader later. Only safetensors are ever loaded: a pickle-based weights file
+(`.bin`, `.pt`, `.ckpt`, ...) can run arbitrary code when `torch.load` reads it, and
+diffusers' `load_lora_weights` falls back to `pytorch_lora_weights.bin` when it finds one,
+so such files are refused outright.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
-from typing import Any
 
 import pyarrow.fs as pafs
 
+from bluepri.artifacts import ADAPTER_JSON, AdapterInfo, parse_adapter_info
 from bluepri.errors import BluepriError
 
-# The artifact contract's file names (same values as bluepri.train.artifact and
-# bluepri.models.lora; not imported from there, because those packages pull in Ray and torch).
-ADAPTER_JSON = "adapter.json"
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
-SHA256 = re.compile(r"[0-9a-f]{64}")
 # safetensors refuses headers over 100 MB itself; a bigger claim means a file that is not one.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 CHUNK = 1 << 20
@@ -38,28 +34,18 @@ def refuse_pickles(files: list[str], where: str) -> None:
             )
 
 
-def expected_weights(info: Any, where: str) -> tuple[str, str]:
-    """(weights file, sha256) that adapter.json promises; refuses anything malformed."""
-    weights = info.get("weights") if isinstance(info, dict) else None
-    if not isinstance(weights, dict):
-        raise BluepriError(f"{where}: {ADAPTER_JSON} has no 'weights' entry")
-    rel, digest = weights.get("file"), weights.get("sha256")
-    # The contract's one name: vanilla `load_lora_weights(folder)` looks for exactly this file.
-    if rel != WEIGHTS_NAME:
-        raise BluepriError(f"{where}: weights file must be {WEIGHTS_NAME!r}, not {rel!r}")
-    if not isinstance(digest, str) or not SHA256.fullmatch(digest):
-        raise BluepriError(f"{where}: {ADAPTER_JSON} weights.sha256 is not a sha256 hex digest")
-    return rel, digest
+def adapter_info(raw: bytes, where: str) -> AdapterInfo:
+    """adapter.json as the contract types it, or one line saying why not.
 
-
-def parse_adapter_json(data: bytes, where: str) -> dict[str, Any]:
+    Also refused: nesting that pydantic parses but will not dump again (it stops at a depth
+    of a few hundred), because every reader (`list`, `show`, the CLI) dumps the record.
+    """
+    adapter = parse_adapter_info(raw, f"{where}: {ADAPTER_JSON}")
     try:
-        info = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BluepriError(f"{where}: {ADAPTER_JSON} is not valid JSON ({err})") from None
-    if not isinstance(info, dict):
-        raise BluepriError(f"{where}: {ADAPTER_JSON} must hold a JSON object")
-    return info
+        adapter.model_dump_json()
+    except (ValueError, RecursionError):  # pydantic's serialization error is a ValueError
+        raise BluepriError(f"{where}: {ADAPTER_JSON} is nested too deeply to be ours") from None
+    return adapter
 
 
 def check_safetensors_header(fs: pafs.FileSystem, path: str, where: str) -> None:

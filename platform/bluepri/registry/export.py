@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bluepri import __version__
+from bluepri.artifacts import AdapterInfo
 from bluepri.errors import BluepriError
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_")
@@ -58,14 +59,14 @@ def with_text_model(key: str) -> str:
     return key
 
 
-def kohya_metadata(info: dict[str, Any], adapter_id: str, sha256: str) -> dict[str, str]:
+def kohya_metadata(info: AdapterInfo, adapter_id: str, sha256: str) -> dict[str, str]:
     """The `ss_*` header fields kohya's tools and UIs read, plus where the file came from."""
     return {
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(info.get("rank")),
-        "ss_network_alpha": str(info.get("alpha")),
+        "ss_network_dim": str(info.rank),
+        "ss_network_alpha": f"{info.alpha:g}",
         "ss_base_model_version": "sdxl_base_v1-0",
-        "ss_sd_model_name": str(info.get("base")),
+        "ss_sd_model_name": info.base,
         "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
         "bluepri_adapter": adapter_id,
         "bluepri_weights_sha256": sha256,

@@ -15,11 +15,13 @@ MAX_ID_LENGTH = 100
 # absolute paths, no hidden names. `..` inside an id is refused separately below.
 ID_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID_LENGTH - 1}}}")
 VERSION_NUMBER = re.compile(r"v(\d+)")
-# Words `get` reads as aliases, and the files that sit next to the version folders.
+# Words `get` reads as aliases, and what sits next to the version folders: the history
+# folder and the older layout's log (still read).
 CHAMPION = "champion"
 LATEST = "latest"
-HISTORY = "history.jsonl"
-RESERVED_VERSIONS = frozenset({CHAMPION, LATEST, HISTORY})
+HISTORY_DIR = "history"
+LEGACY_HISTORY = "history.jsonl"
+RESERVED_VERSIONS = frozenset({CHAMPION, LATEST, HISTORY_DIR, LEGACY_HISTORY})
 ID_RULE = (
     f"1-{MAX_ID_LENGTH} letters, digits, '-', '_' or '.', starting with a letter or digit, "
     "no '..', no slashes"

@@ -1,17 +1,31 @@
 """The adapter registry: versioned, checksummed adapter artifacts and one champion per name.
 
-    <root>/<name>/<version>/      an adapter artifact (weights, adapter.json, model card, ...)
-    <root>/<name>/champion        JSON pointer: version, reason, promoted_at, both sides' metrics
-    <root>/<name>/history.jsonl   one JSON line per put, promote, reject and rollback
+    <root>/<name>/<version>/               an adapter artifact (weights, adapter.json, card, ...)
+    <root>/<name>/history/<seq>.json       one immutable file per put, promote, reject, rollback
+    <root>/<name>/history.jsonl            the older layout's log: read first, never written
 
 The root is a local folder or a pyarrow filesystem URI (s3://, gs://, file://). Versions are
 immutable once put. Weights are handed out (`get`, `load_state_dict`, `export`) only after
-their sha256 matches adapter.json and the digest recorded when the version was put. Every
-path the registry touches is built from validated ids (`ids.py`) and checked to lie inside
-the root, so nothing outside it is read or written.
+their sha256 matches adapter.json and the digest that the version's put event recorded.
+Every path the registry touches is built from validated ids (`ids.py`) and checked to lie
+inside the root, so nothing outside it is read or written.
 
-Writers are assumed to be one at a time (a person, or the nightly job): the pointer and the
-history are replaced whole, which is atomic per file but not a lock between two writers.
+Any number of writers and readers may share a registry (people, nightly jobs, serve
+replicas, renders), on a local disk or an object store:
+
+- Nothing is read, modified and written back. A put claims its version folder, and every
+  event its sequence number, with an exclusive create (`atomic.py`: mkdir or a hard link on
+  local disks, a claim protocol on object stores); a writer that loses takes the next number.
+  So N concurrent puts get N versions, and no event is lost.
+- The champion is not stored but replayed from the history (`history.py`): there is no
+  pointer that concurrent writers could leave disagreeing with the history.
+- A put writes its event before the version's adapter.json, and a version exists once its
+  adapter.json does: every complete version has the put event its sha256 is checked
+  against, and a version without one is refused, never loaded unchecked.
+- `get` from a remote root hands out an immutable local copy (`cache.py`).
+
+Readers skip a broken entry (an edited adapter.json, a bad history line) and report it
+(`scan`, `RegistryWarning`) rather than fail for the whole registry.
 """
 
 from __future__ import annotations
@@ -21,8 +35,6 @@ import json
 import math
 import os
 import posixpath
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,22 +43,33 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from bluepri import storage
+from bluepri.artifacts import ADAPTER_JSON, VALIDATION_DIR, WEIGHTS_NAME, AdapterInfo
 from bluepri.errors import BluepriError
+from bluepri.registry import atomic, cache
 from bluepri.registry.checks import (
-    ADAPTER_JSON,
-    WEIGHTS_NAME,
+    adapter_info,
     check_safetensors_header,
     checksum_mismatch,
     copy_hashed,
-    expected_weights,
-    parse_adapter_json,
     refuse_pickles,
     sha256_of,
 )
+from bluepri.registry.history import (
+    History,
+    Problem,
+    champion_stack,
+    event_file,
+    event_sequence,
+    parse_event,
+    parse_legacy_log,
+    put_digests,
+    warn,
+)
 from bluepri.registry.ids import (
     CHAMPION,
-    HISTORY,
+    HISTORY_DIR,
     LATEST,
+    LEGACY_HISTORY,
     RESERVED_VERSIONS,
     check_name,
     check_relative_file,
@@ -59,7 +82,7 @@ from bluepri.registry.ids import (
 # What `put` copies from an artifact folder: its top-level files plus these folders. Train's
 # output_dir also holds `runs/` (Ray checkpoints, pickled optimizer state) and `cache/`;
 # those are the run's, not the adapter's, and are neither read nor copied.
-ARTIFACT_DIRS = ("validation",)
+ARTIFACT_DIRS = (VALIDATION_DIR,)
 DECISIONS = ("promote", "reject")
 EXPORT_FORMATS = ("kohya", "diffusers")
 DIRECTORY, FILE = pafs.FileType.Directory, pafs.FileType.File
@@ -67,22 +90,27 @@ DIRECTORY, FILE = pafs.FileType.Directory, pafs.FileType.File
 
 @dataclass(frozen=True)
 class AdapterRecord:
-    """One stored version: where it lives, its weights' sha256 and its adapter.json."""
+    """One stored version: where it lives, its weights' sha256 and its typed adapter.json."""
 
     name: str
     version: str
     uri: str
     sha256: str
-    info: dict[str, Any] = field(repr=False)
+    adapter: AdapterInfo = field(repr=False)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """adapter.json as a plain JSON dict (what callers read before it was typed)."""
+        return self.adapter.model_dump(mode="json")
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return self.info.get("metrics") or {}
+        return dict(self.adapter.metrics)
 
 
 @dataclass(frozen=True)
 class Decision:
-    """A change (or refusal to change) of champion, as recorded in history.jsonl."""
+    """A change (or refusal to change) of champion, as recorded in the history."""
 
     name: str
     action: str  # promote | reject | rollback
@@ -98,6 +126,40 @@ class Decision:
         return self.action == "promote"
 
 
+@dataclass
+class Listing:
+    """What `scan` found: the records it could read and the entries it skipped."""
+
+    records: list[AdapterRecord]
+    problems: list[Problem]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored version's adapter.json, checked: typed, raw bytes, and the weights' sha256
+    that both it and the version's put event promise."""
+
+    adapter: AdapterInfo
+    raw: bytes
+    digest: str
+
+
+@dataclass(frozen=True)
+class SourceArtifact:
+    """An artifact folder about to be put, read and checked once."""
+
+    fs: pafs.FileSystem
+    root: str
+    files: list[str]
+    raw: bytes
+    adapter: AdapterInfo
+    where: str
+
+    @property
+    def digest(self) -> str:
+        return self.adapter.weights.sha256
+
+
 def default_root() -> Path:
     """`$BLUEPRI_HOME/registry`: where the CLI looks when no --registry is given."""
     from bluepri.models.loading import bluepri_home
@@ -110,7 +172,7 @@ def utc_now() -> str:
 
 
 def one_line(text: Any, what: str) -> str:
-    """History lines and pointers hold one-line reasons; an empty reason is no reason."""
+    """History events hold one-line reasons; an empty reason is no reason."""
     line = " ".join(str(text or "").split())
     if not line:
         raise BluepriError(f"{what} must not be empty")
@@ -165,6 +227,9 @@ class AdapterRegistry:
         # hands out a verified local copy under cache_dir instead of a path inside the root.
         self.remote = storage.is_uri(self.uri) or not isinstance(self.fs, pafs.LocalFileSystem)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        # Event files are immutable, so each is parsed once per registry object, however
+        # often the champion is replayed (a serve replica resolves it on every request).
+        self._event_cache: dict[str, dict[str, Any]] = {}
 
     # -- paths and raw IO: every access goes through `_path` -------------------------------
 
@@ -186,19 +251,6 @@ class AdapterRegistry:
     def _read(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as stream:
             return stream.read()
-
-    def _write(self, path: str, data: bytes) -> None:
-        folder = posixpath.dirname(path)
-        self.fs.create_dir(folder, recursive=True)
-        if not isinstance(self.fs, pafs.LocalFileSystem):
-            with self.fs.open_output_stream(path) as stream:  # an object PUT is atomic
-                stream.write(data)
-            return
-        # Write then rename, so a reader never sees half a pointer or history file.
-        staging = f"{folder}/.tmp-{uuid.uuid4().hex}"
-        with self.fs.open_output_stream(staging) as stream:
-            stream.write(data)
-        os.replace(staging, path)
 
     def _children(self, path: str) -> list[pafs.FileInfo]:
         if self._type(path) != DIRECTORY:
@@ -263,91 +315,120 @@ class AdapterRegistry:
             raise BluepriError(f"no version {version!r} of adapter {name!r} in {self.uri}")
         return version
 
-    def _next_version(self, name: str) -> str:
-        """`v0001`, then one past the highest numbered folder (complete or not)."""
-        folder = self._path(check_name(name))
-        numbers = [version_number(i.base_name) for i in self._children(folder)]
-        return f"v{max([n for n in numbers if n is not None], default=0) + 1:04d}"
+    def _claim_version(self, name: str, version: str | None) -> str:
+        """Create the version's folder exclusively: `version`, or the first free `vNNNN`
+        past the highest numbered folder (complete or not)."""
+        self.fs.create_dir(self._path(name), recursive=True)
+        if version is not None:
+            if not atomic.create_dir(self.fs, self._path(name, version)):
+                raise BluepriError(
+                    f"version {name}/{version} already exists; versions are immutable"
+                )
+            return version
+        numbers = [version_number(i.base_name) for i in self._children(self._path(name))]
+        highest = max([n for n in numbers if n is not None], default=0)
+        number = atomic.first_created(
+            lambda n: atomic.create_dir(self.fs, self._path(name, f"v{n:04d}")),
+            highest + 1,
+            f"version of {name!r}",
+        )
+        return f"v{number:04d}"
 
     # -- put ----------------------------------------------------------------------------
 
     def put(self, source: str | Path, name: str, version: str | None = None) -> AdapterRecord:
-        """Copy an adapter artifact folder (path or URI) in as `name/version` (default: next)."""
+        """Copy an adapter artifact folder (path or URI) in as `name/version`.
+
+        With no `version`, weights already stored under `name` (same sha256, and they still
+        verify) are not stored again: that version's record is returned and no event is
+        added, so re-running a job adds nothing. Otherwise the next free `vNNNN` is claimed.
+        Two concurrent puts of the same weights may both store them; nothing else breaks.
+        """
         check_name(name)
         if version is not None:
             check_version(version)
-        where = f"adapter artifact {str(source)!r}"
-        src_fs, src_root = storage.resolve(source)
-        files = artifact_files(src_fs, src_root, where)
-        if ADAPTER_JSON not in files:
-            raise BluepriError(f"{where} has no {ADAPTER_JSON}; is it an adapter folder?")
-        raw = read_stream(src_fs, f"{src_root}/{ADAPTER_JSON}")
-        info = parse_adapter_json(raw, where)
-        _, digest = expected_weights(info, where)
-        if WEIGHTS_NAME not in files:
-            raise BluepriError(f"{where} has no {WEIGHTS_NAME}")
-        refuse_pickles(files, where)
-
-        version = version or self._next_version(name)
-        dest = self._path(name, version)
-        if self._type(dest) != pafs.FileType.NotFound:
-            raise BluepriError(f"version {name}/{version} already exists; versions are immutable")
+        artifact = read_artifact(source)
+        if version is None:
+            existing = self._version_holding(name, artifact.digest)
+            if existing is not None:
+                return existing
+        version = self._claim_version(name, version)
         try:
-            self._copy_in(src_fs, src_root, files, name, version, raw, digest, where)
+            self._copy_in(artifact, name, version)
+            put = {"version": version, "sha256": artifact.digest, "source": str(source)}
+            self._append_event(name, {"action": "put", **put})
+            # Last: a version exists once adapter.json does, and by then its put event does.
+            atomic.write_file(self.fs, self._path(name, version, ADAPTER_JSON), artifact.raw)
         except BaseException:
-            if self._type(dest) == DIRECTORY:
-                self.fs.delete_dir(dest)
+            self._undo_put(name, version)
             raise
-        self._append_history(
-            name,
-            {"action": "put", "version": version, "sha256": digest, "source": str(source)},
-        )
-        return AdapterRecord(name, version, self._uri(name, version), digest, info)
+        uri = self._uri(name, version)
+        return AdapterRecord(name, version, uri, artifact.digest, artifact.adapter)
 
-    def _copy_in(
-        self,
-        src_fs: pafs.FileSystem,
-        src_root: str,
-        files: list[str],
-        name: str,
-        version: str,
-        raw_json: bytes,
-        digest: str,
-        where: str,
-    ) -> None:
-        for rel in files:
+    def _version_holding(self, name: str, digest: str) -> AdapterRecord | None:
+        """The oldest complete version of `name` whose put recorded `digest` and that still
+        verifies, or None."""
+        if self._type(self._path(name)) != DIRECTORY:
+            return None
+        recorded = put_digests(self.read_history(name).events)
+        for version in self.versions(name):
+            if recorded.get(version) != digest:
+                continue
+            try:
+                return self.verify(name, version)
+            except BluepriError:
+                continue  # damaged: store a good copy instead of handing this one out
+        return None
+
+    def _copy_in(self, artifact: SourceArtifact, name: str, version: str) -> None:
+        """Every file but adapter.json, the weights checked on the way in."""
+        for rel in artifact.files:
             if rel == ADAPTER_JSON:
                 continue
             target = self._path(name, version, rel)
             self.fs.create_dir(posixpath.dirname(target), recursive=True)
-            got = copy_hashed(src_fs, f"{src_root}/{rel}", self.fs, target)
-            if rel == WEIGHTS_NAME and got != digest:
-                raise checksum_mismatch(where, digest, got, "refusing to store it")
+            got = copy_hashed(artifact.fs, f"{artifact.root}/{rel}", self.fs, target)
+            if rel == WEIGHTS_NAME and got != artifact.digest:
+                raise checksum_mismatch(
+                    artifact.where, artifact.digest, got, "refusing to store it"
+                )
         # Checked on the stored copy: that is the file every later reader gets.
-        check_safetensors_header(self.fs, self._path(name, version, WEIGHTS_NAME), where)
-        # Last, and the bytes that were validated: a version exists once adapter.json does.
-        self._write(self._path(name, version, ADAPTER_JSON), raw_json)
+        check_safetensors_header(self.fs, self._path(name, version, WEIGHTS_NAME), artifact.where)
+
+    def _undo_put(self, name: str, version: str) -> None:
+        """Remove the folder a failed put claimed, freeing its number. A put event already
+        written stays (events are never taken back: a reader may have read it); a later put
+        of the same number records its own, later event, and the latest put is the one that
+        counts (`put_digests`)."""
+        folder = self._path(name, version)
+        if self._type(folder) == DIRECTORY:
+            self.fs.delete_dir(folder)
 
     # -- reading and verifying ------------------------------------------------------------
 
-    def _expected(self, name: str, version: str) -> tuple[dict[str, Any], str, bytes]:
-        """(adapter.json, promised sha256, its raw bytes), cross-checked with the put record."""
+    def _stored(self, name: str, version: str, digests: dict[str, str] | None = None) -> Stored:
+        """A version's adapter.json, cross-checked with the digest its put event recorded."""
         where = f"adapter {name}/{version}"
         raw = self._read(self._path(name, version, ADAPTER_JSON))
-        info = parse_adapter_json(raw, where)
-        _, digest = expected_weights(info, where)
-        recorded = self._put_digest(name, version)
-        if recorded is not None and recorded != digest:
+        adapter = adapter_info(raw, where)
+        digest = adapter.weights.sha256
+        if digests is None:
+            digests = put_digests(self.read_history(name).events)
+        recorded = digests.get(version)
+        if recorded is None:
+            raise BluepriError(
+                f"{where} has no put event in the registry history; refusing to load it "
+                "(its sha256 cannot be cross-checked)"
+            )
+        if recorded != digest:
             raise BluepriError(
                 f"checksum mismatch for {where}: adapter.json changed after put (registry "
                 f"recorded sha256 {recorded[:16]}...); refusing to load"
             )
-        return info, digest, raw
+        return Stored(adapter, raw, digest)
 
-    def _put_digest(self, name: str, version: str) -> str | None:
-        puts = [e for e in self.history(name) if e.get("action") == "put"]
-        digests = [e.get("sha256") for e in puts if e.get("version") == version]
-        return digests[-1] if digests else None
+    def _record(self, name: str, version: str, stored: Stored) -> AdapterRecord:
+        return AdapterRecord(name, version, self._uri(name, version), stored.digest, stored.adapter)
 
     def _checked_files(self, name: str, version: str) -> list[str]:
         where = f"adapter {name}/{version}"
@@ -364,19 +445,19 @@ class AdapterRegistry:
         version = self.resolve_version(name, version)
         where = f"adapter {name}/{version}"
         self._checked_files(name, version)
-        info, digest, _ = self._expected(name, version)
+        stored = self._stored(name, version)
         weights = self._path(name, version, WEIGHTS_NAME)
         check_safetensors_header(self.fs, weights, where)
         actual = sha256_of(self.fs, weights)
-        if actual != digest:
-            raise checksum_mismatch(where, digest, actual)
-        return AdapterRecord(name, version, self._uri(name, version), digest, info)
+        if actual != stored.digest:
+            raise checksum_mismatch(where, stored.digest, actual)
+        return self._record(name, version, stored)
 
     def get(self, name: str, version: str = CHAMPION) -> Path:
         """A local folder holding the verified artifact (checked on every call).
 
-        Local roots hand out the stored folder itself; remote roots a copy in the cache
-        that is downloaded again whenever it no longer matches.
+        Local roots hand out the stored folder itself; remote roots an immutable copy in the
+        cache, named by the version and the digest of its adapter.json (`cache.py`).
         """
         if not self.remote:
             return Path(self.verify(name, version).uri)
@@ -389,43 +470,36 @@ class AdapterRegistry:
         return base / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
 
     def _cached_copy(self, name: str, version: str) -> Path:
-        local = self._cache_root() / name / version
-        _, digest, raw = self._expected(name, version)
-        weights = local / WEIGHTS_NAME
-        if (
-            weights.is_file()
-            and (local / ADAPTER_JSON).is_file()
-            and (local / ADAPTER_JSON).read_bytes() == raw
-            and sha256_of(pafs.LocalFileSystem(), str(weights)) == digest
-        ):
+        stored = self._stored(name, version)
+        local = cache.copy_folder(self._cache_root(), name, version, stored.raw)
+        if cache.is_intact(local, stored.raw, stored.digest):
             return local
-        local.parent.mkdir(parents=True, exist_ok=True)
-        staging = local.parent / f".tmp-{uuid.uuid4().hex}"
-        try:
-            self._copy_out(name, version, pafs.LocalFileSystem(), str(staging))
-            if local.exists():
-                shutil.rmtree(local)
-            os.replace(staging, local)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        cache.remove_if_damaged(local, stored.raw, stored.digest)
+        cache.build_in_place(
+            local,
+            lambda staging: self._copy_out(name, version, pafs.LocalFileSystem(), str(staging)),
+        )
+        # Ours, or another process's that won the rename: checked the same way either way.
+        if not cache.is_intact(local, stored.raw, stored.digest):
+            raise BluepriError(f"cache copy of adapter {name}/{version} at {local} is damaged")
         return local
 
     def _copy_out(self, name: str, version: str, dest_fs: pafs.FileSystem, dest_root: str) -> None:
         """Copy a version's files out, verifying the weights' sha256 on the way."""
         where = f"adapter {name}/{version}"
         files = self._checked_files(name, version)
-        _, digest, raw = self._expected(name, version)
+        stored = self._stored(name, version)
         dest_fs.create_dir(dest_root, recursive=True)
         for rel in files:
             target = f"{dest_root}/{rel}"
             dest_fs.create_dir(posixpath.dirname(target), recursive=True)
             if rel == ADAPTER_JSON:  # the bytes that were checked, not a second read
                 with dest_fs.open_output_stream(target) as stream:
-                    stream.write(raw)
+                    stream.write(stored.raw)
                 continue
             got = copy_hashed(self.fs, self._path(name, version, rel), dest_fs, target)
-            if rel == WEIGHTS_NAME and got != digest:
-                raise checksum_mismatch(where, digest, got)
+            if rel == WEIGHTS_NAME and got != stored.digest:
+                raise checksum_mismatch(where, stored.digest, got)
         check_safetensors_header(dest_fs, f"{dest_root}/{WEIGHTS_NAME}", where)
 
     def load_state_dict(self, name: str, version: str = CHAMPION) -> dict[str, Any]:
@@ -436,30 +510,44 @@ class AdapterRegistry:
         version = self.resolve_version(name, version)
         where = f"adapter {name}/{version}"
         self._checked_files(name, version)
-        _, digest, _ = self._expected(name, version)
+        stored = self._stored(name, version)
         data = self._read(self._path(name, version, WEIGHTS_NAME))
         actual = hashlib.sha256(data).hexdigest()
-        if actual != digest:
-            raise checksum_mismatch(where, digest, actual)
+        if actual != stored.digest:
+            raise checksum_mismatch(where, stored.digest, actual)
         try:
             return load(data)
         except SafetensorError as err:
             raise BluepriError(f"{where}: weights are not valid safetensors ({err})") from None
 
-    def list(self, name: str | None = None) -> list[AdapterRecord]:
-        """Records of every complete version (of one name, or all), without hashing weights."""
+    def scan(self, name: str | None = None) -> Listing:
+        """Records of every complete version (of one name, or all), without hashing weights,
+        and the entries skipped because they are broken (adapter.json, history)."""
         names = [name] if name is not None else self.names()
-        records = []
+        records, problems = [], []
         for each in names:
+            history = self.read_history(each)
+            problems.extend(history.problems)
+            digests = put_digests(history.events)
             for version in self.versions(each):
-                info, digest, _ = self._expected(each, version)
-                records.append(AdapterRecord(each, version, self._uri(each, version), digest, info))
-        return records
+                try:
+                    records.append(
+                        self._record(each, version, self._stored(each, version, digests))
+                    )
+                except BluepriError as err:
+                    problems.append(Problem(f"{each}/{version}", str(err)))
+        return Listing(records, problems)
+
+    def list(self, name: str | None = None) -> list[AdapterRecord]:
+        """`scan`'s records; each broken entry skipped is reported as a `RegistryWarning`."""
+        listing = self.scan(name)
+        warn(listing.problems)
+        return listing.records
 
     def show(self, name: str, version: str = CHAMPION) -> dict[str, Any]:
         """adapter.json plus where the version lives, its files and whether it is champion."""
         version = self.resolve_version(name, version)
-        info, digest, _ = self._expected(name, version)
+        stored = self._stored(name, version)
         folder = self._path(name, version)
         sizes = {
             i.path[len(folder) + 1 :]: i.size
@@ -470,52 +558,89 @@ class AdapterRegistry:
             "name": name,
             "version": version,
             "uri": self._uri(name, version),
-            "sha256": digest,
+            "sha256": stored.digest,
             "champion": self.champion(name) == version,
             "files": dict(sorted(sizes.items())),
-            "adapter": info,
+            "adapter": stored.adapter.model_dump(mode="json"),
         }
 
-    # -- champion, decisions, history -----------------------------------------------------
-
-    def champion(self, name: str) -> str | None:
-        """The champion version of `name`, or None when none was promoted (or no such name)."""
-        path = self._path(check_name(name), CHAMPION)
-        if self._type(path) != FILE:
-            return None
-        try:
-            pointer = json.loads(self._read(path))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise BluepriError(f"champion pointer of {name!r} is not valid JSON") from None
-        version = pointer.get("version") if isinstance(pointer, dict) else None
-        return check_version(version)
+    # -- history ----------------------------------------------------------------------------
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        """Every put, promote, reject and rollback of `name`, oldest first."""
-        self._name_dir(name)
-        path = self._path(name, HISTORY)
-        if self._type(path) != FILE:
-            return []
-        events = []
-        for number, line in enumerate(self._read(path).decode().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise BluepriError(f"history of {name!r}: line {number} is not JSON") from None
-        return events
+        """Every put, promote, reject and rollback of `name`, oldest first; broken entries
+        are skipped and reported as `RegistryWarning`s."""
+        history = self.read_history(name)
+        warn(history.problems)
+        return history.events
 
-    def _append_history(self, name: str, event: dict[str, Any]) -> None:
-        # Object stores cannot append: the file is rewritten whole (small: a line a night).
-        path = self._path(name, HISTORY)
-        old = self._read(path) if self._type(path) == FILE else b""
-        self._write(path, old + to_json({"at": utc_now(), **event}) + b"\n")
+    def read_history(self, name: str) -> History:
+        """The older layout's log first, then the event files in sequence order."""
+        self._name_dir(name)
+        history = History()
+        legacy = self._path(name, LEGACY_HISTORY)
+        if self._type(legacy) == FILE:
+            history = parse_legacy_log(self._read(legacy), f"{name}/{LEGACY_HISTORY}")
+        for path in self._event_paths(name):
+            where = f"{name}/{HISTORY_DIR}/{posixpath.basename(path)}"
+            try:
+                history.events.append(self._event(path, where))
+            except BluepriError as err:
+                history.problems.append(Problem(where, str(err)))
+        return history
+
+    def _event_paths(self, name: str) -> list[str]:
+        numbered = [
+            (event_sequence(i.base_name), i.path)
+            for i in self._children(self._path(name, HISTORY_DIR))
+            if i.type == FILE
+        ]
+        return [path for number, path in sorted((n, p) for n, p in numbered if n is not None)]
+
+    def _event(self, path: str, where: str) -> dict[str, Any]:
+        if path not in self._event_cache:
+            self._event_cache[path] = parse_event(self._read(path), where)
+        return self._event_cache[path]
+
+    def _append_event(self, name: str, event: dict[str, Any]) -> str:
+        """Create the event's file under the next free sequence number; its path."""
+        data = to_json({"at": utc_now(), **event})
+        paths = self._event_paths(name)
+        start = event_sequence(posixpath.basename(paths[-1])) + 1 if paths else 1
+        number = atomic.first_created(
+            lambda n: atomic.create_file(
+                self.fs, self._path(name, HISTORY_DIR, event_file(n)), data
+            ),
+            start,
+            f"history event of {name!r}",
+        )
+        return self._path(name, HISTORY_DIR, event_file(number))
+
+    # -- champion and decisions ------------------------------------------------------------
+
+    def champion(self, name: str) -> str | None:
+        """The champion version of `name`, replayed from its history; None when none was
+        promoted (or there is no such name)."""
+        if self._type(self._path(check_name(name))) != DIRECTORY:
+            return None
+        stack = self._champion_stack(name)
+        return stack[-1] if stack else None
+
+    def _champion_stack(self, name: str) -> list[str]:
+        history = self.read_history(name)
+        warn(history.problems)  # a skipped promote or rollback may change who is champion
+        return champion_stack(history.events)
 
     def _decide(
-        self, name: str, action: str, version: str, reason: str, metrics: dict[str, Any]
+        self,
+        name: str,
+        action: str,
+        version: str,
+        reason: str,
+        metrics: dict[str, Any],
+        before: str | None,
     ) -> Decision:
-        before = self.champion(name)
+        """Record a decision taken on the champion `before`; the event is all there is to it
+        (the champion is replayed from the history)."""
         decision = Decision(
             name=name,
             action=action,
@@ -526,22 +651,7 @@ class AdapterRegistry:
             metrics=json_safe(dict(metrics)),
             at=utc_now(),
         )
-        event = {k: v for k, v in asdict(decision).items() if k != "name"}
-        # The record of the decision first: if the pointer write then fails, the history
-        # still says what was meant, and a rerun of the same promote repairs the pointer.
-        self._append_history(name, event)
-        if action != "reject":
-            pointer = {
-                "version": version,
-                "action": action,
-                "reason": decision.reason,
-                "promoted_at": decision.at,
-                "previous": before,
-                "metrics": decision.metrics,
-            }
-            self._write(
-                self._path(name, CHAMPION), json.dumps(pointer, indent=2, sort_keys=True).encode()
-            )
+        self._append_event(name, {k: v for k, v in asdict(decision).items() if k != "name"})
         return decision
 
     def promote(
@@ -550,29 +660,19 @@ class AdapterRegistry:
         """Make `version` the champion (after verifying it), recording why."""
         version = self.resolve_version(name, version)
         self.verify(name, version)  # never crown weights that would not load
-        return self._decide(name, "promote", version, reason, metrics or {})
+        before = self.champion(name)
+        return self._decide(name, "promote", version, reason, metrics or {}, before)
 
     def rollback(self, name: str, reason: str) -> Decision:
         """Make the champion before the current one champion again (from the history)."""
-        current = self.champion(name)
-        if current is None:
+        stack = self._champion_stack(check_name(name))
+        if not stack:
             raise BluepriError(f"adapter {name!r} has no champion to roll back")
-        stack = self._champion_stack(name)
         if len(stack) < 2:
             raise BluepriError(f"adapter {name!r} has no earlier champion to roll back to")
-        target = stack[-2]
+        current, target = stack[-1], stack[-2]
         self.verify(name, target)
-        return self._decide(name, "rollback", target, reason, {"from": current})
-
-    def _champion_stack(self, name: str) -> list[str]:
-        """Champions in the order crowned, replaying history: a rollback pops the top."""
-        stack: list[str] = []
-        for event in self.history(name):
-            if event.get("action") == "promote":
-                stack.append(event["version"])
-            elif event.get("action") == "rollback" and stack:
-                stack.pop()
-        return stack
+        return self._decide(name, "rollback", target, reason, {"from": current}, current)
 
     def record_decision(
         self,
@@ -591,13 +691,14 @@ class AdapterRegistry:
         version = self.resolve_version(name, candidate_version)
         if decision == "promote":
             self.verify(name, version)
+        before = self.champion(name)
         metrics = {
             "metric": metric,
             "candidate": None if candidate_metric is None else as_number(candidate_metric, metric),
             "champion": None if champion_metric is None else as_number(champion_metric, metric),
-            "champion_version": self.champion(name),
+            "champion_version": before,
         }
-        return self._decide(name, decision, version, reason, metrics)
+        return self._decide(name, decision, version, reason, metrics, before)
 
     def promote_if_better(
         self,
@@ -645,11 +746,11 @@ class AdapterRegistry:
             return storage.join(out_dir, stem)
         from bluepri.registry.export import kohya_metadata, kohya_safetensors
 
-        info, digest, _ = self._expected(name, version)
+        stored = self._stored(name, version)
         data = kohya_safetensors(
             self.load_state_dict(name, version),
-            alpha=info.get("alpha"),
-            metadata=kohya_metadata(info, f"{name}/{version}", digest),
+            alpha=stored.adapter.alpha,
+            metadata=kohya_metadata(stored.adapter, f"{name}/{version}", stored.digest),
         )
         target = storage.join(out_dir, f"{stem}.safetensors")
         storage.write_bytes(target, data)
@@ -684,6 +785,21 @@ def compare_losses(
     if candidate < champion:
         return "promote", f"{version} {metric} {candidate:.6g} < champion {current} {champion:.6g}"
     return "reject", f"{version} {metric} {candidate:.6g} >= champion {current} {champion:.6g}"
+
+
+def read_artifact(source: str | Path) -> SourceArtifact:
+    """An artifact folder's files and typed adapter.json, refused if anything is amiss."""
+    where = f"adapter artifact {str(source)!r}"
+    src_fs, src_root = storage.resolve(source)
+    files = artifact_files(src_fs, src_root, where)
+    if ADAPTER_JSON not in files:
+        raise BluepriError(f"{where} has no {ADAPTER_JSON}; is it an adapter folder?")
+    raw = read_stream(src_fs, f"{src_root}/{ADAPTER_JSON}")
+    adapter = adapter_info(raw, where)
+    if WEIGHTS_NAME not in files:
+        raise BluepriError(f"{where} has no {WEIGHTS_NAME}")
+    refuse_pickles(files, where)
+    return SourceArtifact(src_fs, src_root, files, raw, adapter, where)
 
 
 def read_stream(fs: pafs.FileSystem, path: str) -> bytes:
