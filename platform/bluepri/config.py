@@ -156,6 +156,9 @@ class ModelsConfig(StrictModel):
     vae: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
+    # Batched requests give the same bytes as single ones (bluepri.generate.invariance);
+    # off trades that guarantee for the fastest kernels.
+    batch_invariant: bool = True
 
     @classmethod
     def tiny(cls) -> ModelsConfig:
