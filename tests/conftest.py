@@ -14,6 +14,9 @@ import pytest
 # transformers warns on import that torchvision is absent; we do not install it on purpose.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No hub here: set before `datasets`/`huggingface_hub` are imported (they read it once), so a
+# test of an unreachable hub id fails at once instead of after ~45 s of network retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

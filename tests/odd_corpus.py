@@ -29,6 +29,7 @@ from bluepri.data.decode import (
     TOO_SMALL,
     TRUNCATED,
     UNREADABLE,
+    UNSUPPORTED_FORMAT,
 )
 from bluepri.data.dedup import EXACT_DUPLICATE, NEAR_DUPLICATE
 
@@ -183,6 +184,11 @@ def _bad_files(seed: int) -> dict[str, tuple[bytes, str]]:
         "truncated.jpg": (jpeg[: len(jpeg) // 2], TRUNCATED),
         "empty.png": (b"", EMPTY_FILE),
         "notes_renamed.png": (b"Meeting notes: revise the north elevation.\n" * 20, NOT_AN_IMAGE),
+        # An icon's directory need not tell the size its entry decodes to: never decoded.
+        "icon_renamed.png": (
+            _encode(blueprint_drawing(304, (128, 128), seed), "ICO"),
+            UNSUPPORTED_FORMAT,
+        ),
         "corrupt_data.png": (bytes(corrupt), UNREADABLE),
         "one_pixel.png": (_encode(Image.new("RGB", (1, 1), (20, 50, 150)), "PNG"), TOO_SMALL),
         "tiny_48x48.png": (_encode(blueprint_drawing(302, (48, 48), seed), "PNG"), TOO_SMALL),

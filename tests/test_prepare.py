@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bluepri import storage
+from bluepri import artifacts, storage
 from bluepri.cli import main
 from bluepri.config import PrepareConfig, SynthConfig
 from bluepri.data import transforms
@@ -44,7 +44,7 @@ def tiny_prepare(source: Path, out: Path, **overrides) -> PrepareConfig:
 def read_rows(cache_uri: str) -> list[dict]:
     import ray.data
 
-    return ray.data.read_parquet(storage.join(cache_uri, "shards")).take_all()
+    return ray.data.read_parquet(artifacts.shards_uri(cache_uri)).take_all()
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,14 @@ Three passes, each streaming with bounded memory:
             input keeps the same files; the held-out split by sample-id hash.
   3. build  (Ray tasks + actor pools): decode -> SDXL crop/flip + time ids -> BLIP captions for
             rows without one -> VAE latents and both text encoders' embeddings -> parquet.
-The cache lives under `<out>/<fingerprint>`; `manifest.json` is written last, so a cache
-without one is a crashed run, cleared and rebuilt. The same fingerprint twice is a no-op.
+An input that changed between scan and build (vanished, unreadable, other pixels) is left
+out of the build, scanned again to confirm it, and counted under CHANGED_SINCE_SCAN.
+The manifest accounts for every input: cached rows + skipped (duplicates included) == inputs,
+each skip under one of SKIP_REASONS.
+
+The cache lives under `<out>/<fingerprint>`; the manifest (`bluepri.artifacts`) is written
+last and atomically, so a cache without a readable one is a crashed run, cleared and rebuilt.
+The same fingerprint twice is a no-op.
 """
 
 from __future__ import annotations
@@ -22,19 +28,28 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from bluepri import storage
+from bluepri import artifacts, storage
+from bluepri.artifacts import CacheManifest
 from bluepri.config import PrepareConfig
-from bluepri.data import decode, transforms
+from bluepri.data import decode, sources, transforms
 from bluepri.data.columns import stack_column
-from bluepri.data.dedup import Deduplicator
+from bluepri.data.dedup import EXACT_DUPLICATE, NEAR_DUPLICATE, Deduplicator
 from bluepri.data.sources import Source, digest, open_source, source_dataset
 from bluepri.errors import BluepriError
 from bluepri.models.loading import resolve_ref
 from bluepri.runtime import ensure_ray
 
-CACHE_FORMAT = 1
-MANIFEST = "manifest.json"
-SHARDS = "shards"
+# An input whose bytes changed between the scan and the build: vanished, unreadable, or
+# decoding to other pixels. Confirmed by scanning it again, never assumed.
+CHANGED_SINCE_SCAN = "changed_since_scan"
+# Every reason the manifest counts skipped inputs under.
+SKIP_REASONS = (
+    *decode.SKIP_REASONS,
+    *sources.SKIP_REASONS,
+    EXACT_DUPLICATE,
+    NEAR_DUPLICATE,
+    CHANGED_SINCE_SCAN,
+)
 # Config fields that change the cache's content; batch sizes, actors and device do not.
 FINGERPRINT_FIELDS = (
     "source_format",
@@ -81,7 +96,7 @@ class CacheInfo(BaseModel):
 def cache_fingerprint(source: Source, config: PrepareConfig) -> str:
     """Hash of (source listing, preprocessing config, encoder model refs, cache format)."""
     settings = {name: getattr(config, name) for name in FINGERPRINT_FIELDS}
-    return digest([CACHE_FORMAT, source.kind, source.listing_digest, settings])[:20]
+    return digest([artifacts.CACHE_FORMAT, source.kind, source.listing_digest, settings])[:20]
 
 
 def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> CacheInfo:
@@ -93,11 +108,12 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> CacheI
         resolve_ref(config.vae, "vae")
     fingerprint = cache_fingerprint(source, config)
     cache_uri = storage.join(config.out, fingerprint)
-    manifest_uri = storage.join(cache_uri, MANIFEST)
-    if storage.is_file(manifest_uri):
+    existing = artifacts.complete_manifest(cache_uri)
+    if existing is not None:
         log(f"cache {cache_uri} is up to date: nothing to do")
-        return cache_info(storage.read_json(manifest_uri), cache_uri, reused=True)
-    storage.delete_dir(cache_uri)  # a crashed earlier run left shards without a manifest
+        return cache_info(existing, cache_uri, reused=True)
+    # A crashed earlier run left shards without a (readable) manifest: start over.
+    storage.delete_dir(cache_uri)
     ensure_ray()
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -107,10 +123,9 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> CacheI
     timings["scan_s"] = time.perf_counter() - started
 
     log("[prepare 2/3] validating and deduplicating")
-    plan = plan_rows(scanned, config)
+    plan = plan_rows(scanned, config, source.skipped)
     timings["dedup_s"] = time.perf_counter() - started - timings["scan_s"]
-    if not plan.kept:
-        raise BluepriError(f"source {source.uri!r} has no usable images ({dict(plan.skipped)})")
+    require_rows(plan, source)
 
     needs_captions = config.recaption or any(not has_text(r["caption"]) for r in plan.kept)
     log(
@@ -120,7 +135,9 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> CacheI
     if needs_captions:
         resolve_ref(config.captioner, "captioner")
     build_start = time.perf_counter()
-    build(source, config, plan, storage.join(cache_uri, SHARDS), needs_captions)
+    build(source, config, plan, artifacts.shards_uri(cache_uri), needs_captions)
+    plan = account_for_changed_inputs(source, config, plan, cache_uri)
+    require_rows(plan, source)
     timings["build_s"] = time.perf_counter() - build_start
     timings["total_s"] = time.perf_counter() - started
 
@@ -134,6 +151,11 @@ def has_text(caption: Any) -> bool:
     return isinstance(caption, str) and bool(caption.strip())
 
 
+def require_rows(plan: Plan, source: Source) -> None:
+    if not plan.kept:
+        raise BluepriError(f"source {source.uri!r} has no usable images ({plan.skipped})")
+
+
 # -- pass 1: scan -----------------------------------------------------------------------
 
 
@@ -142,10 +164,10 @@ def scan_batch(limits: dict[str, Any]) -> Callable[[dict[str, np.ndarray]], dict
 
     def scan_fn(batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out: dict[str, list] = defaultdict(list)
-        for key, blob, caption in zip(
-            batch["key"], batch["image_bytes"], batch["caption"], strict=True
+        for key, blob, caption, read_error in zip(
+            batch["key"], batch["image_bytes"], batch["caption"], batch["read_error"], strict=True
         ):
-            decoded = decode.decode_image(bytes(blob), **limits)
+            decoded = read_outcome(read_error, blob, limits)
             out["key"].append(key)
             out["caption"].append(caption if has_text(caption) else None)
             out["skip_reason"].append(decoded.skip_reason or "")
@@ -163,6 +185,13 @@ def scan_batch(limits: dict[str, Any]) -> Callable[[dict[str, np.ndarray]], dict
     return scan_fn
 
 
+def read_outcome(read_error: str, blob: Any, limits: dict[str, Any]) -> decode.Decoded:
+    """What reading and decoding one input gave: a source-level skip, or decode's verdict."""
+    if read_error:
+        return decode.Decoded(skip_reason=read_error, detail="not read")
+    return decode.decode_image(bytes(blob), **limits)
+
+
 def decode_limits(config: PrepareConfig) -> dict[str, Any]:
     return {
         "max_pixels": config.max_pixels,
@@ -171,9 +200,10 @@ def decode_limits(config: PrepareConfig) -> dict[str, Any]:
     }
 
 
-def scan(source: Source, config: PrepareConfig) -> list[dict[str, Any]]:
-    """Per-file facts, sorted by source key (a deterministic order for dedup)."""
-    ds = source_dataset(source, config).map_batches(
+def scan(source: Source, config: PrepareConfig, keys: set[str] | None = None) -> list[dict]:
+    """Per-input facts (of every input, or those in `keys`), sorted by source key: a
+    deterministic order for dedup."""
+    ds = source_dataset(source, config, keys=keys).map_batches(
         scan_batch(decode_limits(config)), batch_size=16
     )
     rows = list(ds.iter_rows())
@@ -192,11 +222,19 @@ class Plan(BaseModel):
     duplicates: list[dict[str, Any]]
 
 
-def plan_rows(scanned: list[dict[str, Any]], config: PrepareConfig) -> Plan:
-    """Drop invalid files and duplicates (first in sorted order wins); assign the split."""
+def plan_rows(
+    scanned: list[dict[str, Any]],
+    config: PrepareConfig,
+    source_skipped: dict[str, list[str]] | None = None,
+) -> Plan:
+    """Drop invalid files and duplicates (first in sorted order wins); assign the split.
+    What the listing refused (`source_skipped`) is counted with the rest."""
     dedup = Deduplicator(config.dedup_threshold)
     skipped: Counter[str] = Counter()
     skipped_files: dict[str, list[str]] = defaultdict(list)
+    for reason, names in (source_skipped or {}).items():
+        skipped[reason] += len(names)
+        skipped_files[reason].extend(names)
     duplicates, kept = [], []
     for row in scanned:
         if row["skip_reason"]:
@@ -223,6 +261,19 @@ def plan_rows(scanned: list[dict[str, Any]], config: PrepareConfig) -> Plan:
     )
 
 
+def without_changed(plan: Plan, changed: list[str]) -> Plan:
+    """`plan` with the `changed` keys moved from kept to skipped under CHANGED_SINCE_SCAN."""
+    if not changed:
+        return plan
+    gone = set(changed)
+    skipped = {**plan.skipped, CHANGED_SINCE_SCAN: len(changed)}
+    skipped_files = {**plan.skipped_files, CHANGED_SINCE_SCAN: sorted(changed)}
+    kept = [row for row in plan.kept if row["key"] not in gone]
+    return plan.model_copy(
+        update={"kept": kept, "skipped": skipped, "skipped_files": skipped_files}
+    )
+
+
 def id_fraction(sample_id: str) -> float:
     """A sample id's position in [0, 1): its hash prefix, uniform and stable."""
     return int(sample_id[:12], 16) / 16**12
@@ -246,11 +297,15 @@ def transform_batch(config: PrepareConfig, lookup: dict[str, dict[str, Any]]):
 
     def transform_fn(batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out: dict[str, list] = defaultdict(list)
-        for key, blob in zip(batch["key"], batch["image_bytes"], strict=True):
+        for key, blob, read_error in zip(
+            batch["key"], batch["image_bytes"], batch["read_error"], strict=True
+        ):
             planned = lookup.get(key)
             if planned is None:
                 continue
-            image = decode.decode_image(bytes(blob), **limits).image
+            image = unchanged_image(read_outcome(read_error, blob, limits), planned)
+            if image is None:
+                continue  # changed since the scan: the driver confirms and counts it
             # Per-sample randomness from (seed, sample id): the same cache on any cluster.
             rng = np.random.default_rng([config.seed, int(planned["sample_id"][:15], 16)])
             if config.augment:
@@ -278,6 +333,13 @@ def transform_batch(config: PrepareConfig, lookup: dict[str, dict[str, Any]]):
     return transform_fn
 
 
+def unchanged_image(decoded: decode.Decoded, planned: dict[str, Any]):
+    """The decoded image if it is still the picture the plan was made from, else None."""
+    if not decoded.ok or decode.pixel_sha256(decoded.image)[:32] != planned["sample_id"]:
+        return None
+    return decoded.image
+
+
 def build(
     source: Source, config: PrepareConfig, plan: Plan, shards_uri: str, needs_captions: bool
 ) -> None:
@@ -288,11 +350,8 @@ def build(
     from bluepri.data.encode import EncodeBatch
 
     lookup = {row["key"]: row for row in plan.kept}
-    kept_entries = None
-    if source.entries:
-        kept_entries = [e for e in source.entries if e["key"] in lookup]
     actor_cpus, task_cpus = stage_cpus(config, needs_captions)
-    ds = source_dataset(source, config, entries=kept_entries, num_cpus=task_cpus).map_batches(
+    ds = source_dataset(source, config, keys=set(lookup), num_cpus=task_cpus).map_batches(
         transform_batch(config, lookup), batch_size=16, num_cpus=task_cpus
     )
     if needs_captions:
@@ -361,12 +420,41 @@ def mark_given_captions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def read_cache_columns(cache_uri: str, columns: list[str]) -> dict[str, list[Any]]:
-    """Small columns of the written shards, read back with pyarrow for the manifest."""
+    """Small columns of the written shards, read back with pyarrow for the manifest (none
+    when nothing was written)."""
     import pyarrow.dataset as pads
 
-    fs, path = storage.resolve(storage.join(cache_uri, SHARDS))
+    if not storage.is_dir(artifacts.shards_uri(cache_uri)):
+        return {name: [] for name in columns}
+    fs, path = storage.resolve(artifacts.shards_uri(cache_uri))
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
     return {name: table.column(name).to_pylist() for name in columns}
+
+
+def account_for_changed_inputs(
+    source: Source, config: PrepareConfig, plan: Plan, cache_uri: str
+) -> Plan:
+    """Check the written rows against the plan: every row planned, once, with its planned
+    sample id. A planned row that is missing must be an input that changed since the scan:
+    it is scanned again to confirm, and counted under CHANGED_SINCE_SCAN. Anything else is
+    a bug, and the cache is not marked complete."""
+    written = read_cache_columns(cache_uri, ["key", "sample_id"])
+    planned = {row["key"]: row["sample_id"] for row in plan.kept}
+    written_ids = dict(zip(written["key"], written["sample_id"], strict=True))
+    if len(written_ids) != len(written["key"]) or any(
+        planned.get(key) != sample_id for key, sample_id in written_ids.items()
+    ):
+        raise RuntimeError("cache rows do not match the plan; refusing to mark it complete")
+    missing = set(planned) - set(written_ids)
+    if not missing:
+        return plan
+    for row in scan(source, config, keys=missing):
+        if not row["skip_reason"] and row["sample_id"] == planned[row["key"]]:
+            raise RuntimeError(
+                f"input {row['key']!r} is unchanged but was not cached; refusing to mark the "
+                "cache complete"
+            )
+    return without_changed(plan, sorted(missing))
 
 
 def caption_stats(captions: list[str]) -> dict[str, float]:
@@ -386,51 +474,45 @@ def write_manifest(
     cache_uri: str,
     plan: Plan,
     timings: dict[str, float],
-) -> dict[str, Any]:
-    """Summarise the written shards; written last, it marks the cache complete."""
-    cols = read_cache_columns(
-        cache_uri, ["sample_id", "split", "caption", "caption_source", "nan_recomputed"]
-    )
-    if sorted(cols["sample_id"]) != sorted(r["sample_id"] for r in plan.kept):
-        raise RuntimeError("cache rows do not match the plan; refusing to mark it complete")
+) -> CacheManifest:
+    """Summarise the written shards; written last (atomically), it marks the cache complete."""
+    cols = read_cache_columns(cache_uri, ["split", "caption", "caption_source", "nan_recomputed"])
     shards = [
-        i.path.rsplit("/", 1)[-1] for i in storage.list_files(storage.join(cache_uri, SHARDS))
+        i.path.rsplit("/", 1)[-1] for i in storage.list_files(artifacts.shards_uri(cache_uri))
     ]
-    manifest = {
-        "format": CACHE_FORMAT,
-        "fingerprint": fingerprint,
-        "created": datetime.now(timezone.utc).isoformat(),
-        "source": {"uri": source.uri, "kind": source.kind, "entries": source.size},
-        "config": config.model_dump(),
-        "models": {"base": config.base, "vae": config.vae, "captioner": config.captioner},
-        "rows": len(cols["sample_id"]),
-        "splits": dict(Counter(cols["split"])),
-        "skipped": plan.skipped,
-        "skipped_files": plan.skipped_files,
-        "duplicates": plan.duplicates,
-        "captions": {
+    manifest = CacheManifest(
+        fingerprint=fingerprint,
+        created=datetime.now(timezone.utc).isoformat(),
+        source={"uri": source.uri, "kind": source.kind, "entries": source.size},
+        config=config.model_dump(),
+        models={"base": config.base, "vae": config.vae, "captioner": config.captioner},
+        rows=len(cols["split"]),
+        splits=dict(Counter(cols["split"])),
+        skipped=plan.skipped,
+        skipped_files=plan.skipped_files,
+        duplicates=plan.duplicates,
+        captions={
             **caption_stats(cols["caption"]),
             "sources": dict(Counter(cols["caption_source"])),
         },
-        "nan_recomputed": int(sum(cols["nan_recomputed"])),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "shards": shards,
-    }
-    storage.write_json(storage.join(cache_uri, MANIFEST), manifest)
+        nan_recomputed=int(sum(cols["nan_recomputed"])),
+        timings={k: round(v, 3) for k, v in timings.items()},
+        shards=shards,
+    )
+    artifacts.write_manifest(cache_uri, manifest)
     return manifest
 
 
-def cache_info(manifest: dict[str, Any], cache_uri: str, *, reused: bool) -> CacheInfo:
-    dup_counts = Counter(d["reason"] for d in manifest["duplicates"])
+def cache_info(manifest: CacheManifest, cache_uri: str, *, reused: bool) -> CacheInfo:
     return CacheInfo(
         uri=cache_uri,
-        fingerprint=manifest["fingerprint"],
-        manifest_uri=storage.join(cache_uri, MANIFEST),
+        fingerprint=manifest.fingerprint,
+        manifest_uri=artifacts.manifest_uri(cache_uri),
         reused=reused,
-        num_rows=manifest["rows"],
-        num_train=manifest["splits"].get("train", 0),
-        num_val=manifest["splits"].get("val", 0),
-        skipped=manifest["skipped"],
-        duplicates=dict(dup_counts),
-        timings={} if reused else manifest["timings"],
+        num_rows=manifest.rows,
+        num_train=manifest.num_train,
+        num_val=manifest.num_val,
+        skipped=manifest.skipped,
+        duplicates=dict(Counter(d.reason for d in manifest.duplicates)),
+        timings={} if reused else manifest.timings,
     )
