@@ -7,8 +7,11 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bluepri-installed
 PYTEST_ARGS ?=
+# The page test drives Debian's chromium through Playwright's Python client (the dev extra);
+# no browser is ever downloaded (`playwright install` is not used).
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup browser demo test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +22,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Debian's chromium, when missing (as root, or through sudo): the page and gallery tests
+# open pages in it, and fail without it.
+browser:
+	@test -x $(CHROMIUM) || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@$(CHROMIUM) --version 2>/dev/null
+
 demo: setup
 	$(BIN)/bluepri demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

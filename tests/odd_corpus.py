@@ -233,3 +233,34 @@ def build_odd_corpus(folder: Path, *, seed: int = 0) -> dict[str, str | None]:
         (folder / name).write_bytes(data)
         expected[name] = reason
     return dict(sorted(expected.items()))
+
+
+def tiny_prepare(source: Path, out: Path, **overrides):
+    """A prepare config on the tiny models at 64 px: what data-stage tests run."""
+    from bluepri.config import PrepareConfig
+
+    values = dict(
+        source=str(source),
+        out=str(out),
+        resolution=64,
+        center_crop=True,
+        base="tiny:base",
+        captioner="tiny:blip",
+        encode_batch_size=4,
+    )
+    return PrepareConfig(**{**values, **overrides})
+
+
+def count_pixel_loads(monkeypatch) -> list[str]:
+    """The formats whose pixels PIL decodes from now on (a spy on `ImageFile.load`)."""
+    from PIL import ImageFile
+
+    calls: list[str] = []
+    original_load = ImageFile.ImageFile.load
+
+    def spying_load(self):
+        calls.append(self.format)
+        return original_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spying_load)
+    return calls

@@ -7,7 +7,7 @@ import resource
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 from bluepri.data.decode import (
     SKIP_REASONS,
@@ -29,6 +29,7 @@ from odd_corpus import (
     TRANSPARENT_BAND,
     blueprint_drawing,
     build_odd_corpus,
+    count_pixel_loads,
     decompression_bomb_png,
 )
 
@@ -142,23 +143,11 @@ def test_bilevel_and_palette_modes_convert():
     assert result.original_mode == "P" and result.image.mode == "RGB"
 
 
-def _count_pixel_loads(monkeypatch) -> list[str]:
-    calls: list[str] = []
-    original_load = ImageFile.ImageFile.load
-
-    def spying_load(self):
-        calls.append(self.format)
-        return original_load(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spying_load)
-    return calls
-
-
 @pytest.mark.parametrize("side", [20_000, 9_000])  # beyond PIL's own limit; beyond only ours
 def test_decompression_bomb_is_refused_without_decoding(monkeypatch, side):
     bomb = decompression_bomb_png(side)
     assert len(bomb) < 200_000
-    loads = _count_pixel_loads(monkeypatch)
+    loads = count_pixel_loads(monkeypatch)
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = decode_image(bomb)
     peak_growth_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
@@ -174,7 +163,7 @@ def test_corpus_bomb_is_the_big_one(corpus):
 
 def test_size_limits_are_configurable(monkeypatch):
     data = _encode(blueprint_drawing(1, (256, 128)))
-    loads = _count_pixel_loads(monkeypatch)
+    loads = count_pixel_loads(monkeypatch)
     assert decode_image(data, max_pixels=256 * 128 - 1).skip_reason == TOO_MANY_PIXELS
     assert decode_image(data, min_side=129).skip_reason == TOO_SMALL
     assert decode_image(data, max_aspect_ratio=1.5).skip_reason == "extreme_aspect_ratio"

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 from bluepri.data import decode
 from bluepri.data.decode import decode_image
+from odd_corpus import count_pixel_loads
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/clear_refs").exists(), reason="needs Linux's per-process peak RSS"
@@ -188,18 +189,6 @@ def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def _count_pixel_loads(monkeypatch) -> list[str]:
-    calls: list[str] = []
-    original_load = ImageFile.ImageFile.load
-
-    def spying_load(self):
-        calls.append(self.format)
-        return original_load(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spying_load)
-    return calls
-
-
 @pytest.mark.parametrize("fmt", ["ICO", "ICNS", "EPS", "PPM", "PCX"])
 def test_formats_outside_the_allow_list_are_refused_unopened(monkeypatch, fmt: str) -> None:
     picture = Image.new("RGB", (128, 128), (20, 60, 160))
@@ -207,7 +196,7 @@ def test_formats_outside_the_allow_list_are_refused_unopened(monkeypatch, fmt: s
         data = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 128 128\nshowpage\n"
     else:
         data = _encode(picture, fmt)
-    loads = _count_pixel_loads(monkeypatch)
+    loads = count_pixel_loads(monkeypatch)
     result = decode_image(data)
     assert result.skip_reason == decode.UNSUPPORTED_FORMAT, result
     assert loads == []

@@ -21,26 +21,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from bluepri.config import PrepareConfig
 from bluepri.data.prepare import prepare
-from odd_corpus import blueprint_drawing
+from odd_corpus import blueprint_drawing, tiny_prepare
 
 pytestmark = pytest.mark.integration
 SEED = 20_240_905
 FORMATS = {"png": "PNG", "jpg": "JPEG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP", "tif": "TIFF"}
 
-
-def tiny_prepare(source: Path, out: Path) -> PrepareConfig:
-    return PrepareConfig(
-        source=str(source),
-        out=str(out),
-        resolution=64,
-        center_crop=True,
-        base="tiny:base",
-        captioner="tiny:blip",
-        caption_batch_size=16,
-        encode_batch_size=16,
-    )
+# Bigger batches than other data tests: hundreds of tiny inputs, few encoder calls.
+BATCHES = {"caption_batch_size": 16, "encode_batch_size": 16}
 
 
 def base_pictures(rng: np.random.Generator, count: int = 6) -> list[Image.Image]:
@@ -197,7 +186,10 @@ def test_fuzzed_image_folder_is_fully_accounted_for(ray_session, tiny_models, tm
     os.symlink(tmp_path / "outside.png", folder / "zz_link_out.png")  # counted, not read
     os.symlink(".", folder / "zz_loop")  # a loop: not entered
     os.symlink("zz_dangling.png", folder / "zz_dangling.png")  # counted as unreadable
-    info = prepare(tiny_prepare(folder, tmp_path / "cache"), log=lambda _: None)
+    info = prepare(
+        tiny_prepare(folder, tmp_path / "cache", **BATCHES),
+        log=lambda _: None,
+    )
     manifest = assert_every_input_accounted_for(info, len(images) + bad_lines + 2)
     assert manifest["skipped"]["bad_metadata"] == bad_lines
     assert manifest["skipped_files"]["outside_root"] == ["zz_link_out.png"]
@@ -208,6 +200,11 @@ def test_fuzzed_image_folder_is_fully_accounted_for(ray_session, tiny_models, tm
 def test_fuzzed_parquet_cells_are_fully_accounted_for(ray_session, tiny_models, tmp_path: Path):
     rng = np.random.default_rng(SEED + 1)
     rows = odd_parquet_files(tmp_path / "fuzz", rng)
-    info = prepare(tiny_prepare(tmp_path / "fuzz", tmp_path / "cache"), log=lambda _: None)
+    info = prepare(
+        tiny_prepare(
+            tmp_path / "fuzz", tmp_path / "cache", caption_batch_size=16, encode_batch_size=16
+        ),
+        log=lambda _: None,
+    )
     manifest = assert_every_input_accounted_for(info, rows)
     assert manifest["skipped"]["bad_image_cell"] >= 6

@@ -22,23 +22,10 @@ from bluepri.data.encode import encode_latent_dist, encode_prompts, load_text_en
 from bluepri.data.prepare import prepare
 from bluepri.data.synth import synthesize
 from bluepri.errors import BluepriError
-from odd_corpus import build_odd_corpus
+from odd_corpus import build_odd_corpus, tiny_prepare
 
 pytestmark = pytest.mark.integration
 RESOLUTION = 64
-
-
-def tiny_prepare(source: Path, out: Path, **overrides) -> PrepareConfig:
-    values = dict(
-        source=str(source),
-        out=str(out),
-        resolution=RESOLUTION,
-        center_crop=True,
-        base="tiny:base",
-        captioner="tiny:blip",
-        encode_batch_size=4,
-    )
-    return PrepareConfig(**{**values, **overrides})
 
 
 def read_rows(cache_uri: str) -> list[dict]:

@@ -14,26 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from bluepri import artifacts, storage
-from bluepri.config import PrepareConfig
 from bluepri.data import prepare as prepare_module
 from bluepri.data.prepare import prepare
 from bluepri.data.sources import open_source
-from odd_corpus import blueprint_drawing
+from odd_corpus import blueprint_drawing, tiny_prepare
 
 pytestmark = pytest.mark.integration
-
-
-def tiny_prepare(source: Path, out: Path, **overrides) -> PrepareConfig:
-    values = dict(
-        source=str(source),
-        out=str(out),
-        resolution=64,
-        center_crop=True,
-        base="tiny:base",
-        captioner="tiny:blip",
-        encode_batch_size=4,
-    )
-    return PrepareConfig(**{**values, **overrides})
 
 
 def png_bytes(index: int, size: tuple[int, int] = (96, 80)) -> bytes:

@@ -5,6 +5,8 @@ Nothing else in bluepri knows which: stages call `ensure_ray()` and then use Ray
 
 from __future__ import annotations
 
+import os
+
 from bluepri.errors import BluepriError
 
 
@@ -19,8 +21,10 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    # ray.init() connects to RAY_ADDRESS when it is set, else starts a local instance.
-    ray.init(num_cpus=num_cpus, configure_logging=False, log_to_driver=False)
+    # ray.init() connects to RAY_ADDRESS when it is set, else starts a local instance, which
+    # then listens on loopback only (Ray would otherwise advertise the machine's address).
+    local = {} if os.environ.get("RAY_ADDRESS") else {"_node_ip_address": "127.0.0.1"}
+    ray.init(num_cpus=num_cpus, configure_logging=False, log_to_driver=False, **local)
 
 
 def require_state_api() -> None:
