@@ -7,10 +7,15 @@ prompt embeddings as the cache supplies them. Times, for when a GPU is lent:
   train   one optimiser step (forward, Min-SNR loss, backward, AdamW on the LoRA weights)
           with and without gradient checkpointing: ms/step, peak memory, and their ratio
   infer   one image: N UNet steps with classifier-free guidance (batch 2) + VAE decode
+  batch   the batched base stage of serve and render: UNet denoising of B different
+          requests (CFG, batch 2B) as one batch vs one at a time, seconds per image, and the
+          largest difference between a request's batched and single latents, with and
+          without bluepri's batch-invariant numerics (bluepri.generate.invariance)
 
     python bench/gpu.py                       # cuda, fp16, 1024 px
     python bench/gpu.py --dtype bf16 --batch-size 2
     python bench/gpu.py --count-only          # build on the meta device: parameter counts
+    PYTHONPATH=platform python bench/gpu.py --only batch --serve-batch 4
 """
 
 from __future__ import annotations
@@ -211,6 +216,55 @@ def time_inference(args, device, dtype) -> float:
     return (time.perf_counter() - started) / args.images
 
 
+def time_batching(args, device, dtype) -> list[tuple[str, float, float, float]]:
+    """(numerics, s/image alone, s/image in a batch of B, max |batched - alone|) per mode."""
+    from diffusers import EulerDiscreteScheduler
+
+    from bluepri.generate.invariance import batch_invariant
+
+    unet = build_unet(device, dtype).eval()
+    count, side = args.serve_batch, args.resolution // 8
+    embeds, added = conditioning(2 * count, args.resolution, device, dtype)  # [uncond, cond]
+    noise = [
+        torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(i)).to(device, dtype)
+        for i in range(count)
+    ]
+
+    def denoise(indices: list[int]) -> torch.Tensor:
+        scheduler = EulerDiscreteScheduler(
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
+        )
+        scheduler.set_timesteps(args.batch_steps, device=device)
+        latents = torch.cat([noise[i] for i in indices]) * scheduler.init_noise_sigma
+        rows = [i for i in indices] + [count + i for i in indices]  # uncond block, cond block
+        text, extra = embeds[rows], {k: v[rows] for k, v in added.items()}
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            out = unet(model_input, t, text, added_cond_kwargs=extra).sample
+            uncond, cond = out.chunk(2)
+            latents = scheduler.step(uncond + 5.0 * (cond - uncond), t, latents).prev_sample
+        return latents
+
+    def timed(fn):
+        sync(device)
+        started = time.perf_counter()
+        value = fn()
+        sync(device)
+        return value, time.perf_counter() - started
+
+    results = []
+    with torch.inference_mode():
+        for invariant in (False, True):
+            with batch_invariant(invariant):
+                denoise([0])  # warm-up (kernel selection, allocator)
+                alone, alone_s = timed(lambda: [denoise([i]) for i in range(count)])
+                batch, batch_s = timed(lambda: denoise(list(range(count))))
+            diff = max((batch[i] - alone[i][0]).abs().max().item() for i in range(count))
+            name = "batch-invariant" if invariant else "default kernels"
+            results.append((name, alone_s / count, batch_s / count, diff))
+    return results
+
+
 def count_parameters() -> None:
     meta = torch.device("meta")
     unet, vae = build_unet(meta, torch.float32), build_vae(meta, torch.float32)
@@ -231,6 +285,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="timed images")
     parser.add_argument("--allow-tf32", action="store_true")
     parser.add_argument("--count-only", action="store_true", help="parameter counts, no device")
+    parser.add_argument("--only", choices=["train", "infer", "batch"], help="one part only")
+    parser.add_argument("--serve-batch", type=int, default=4, help="requests per batch")
+    parser.add_argument("--batch-steps", type=int, default=10, help="UNet steps per request")
     args = parser.parse_args()
     if args.count_only:
         count_parameters()
@@ -242,20 +299,25 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
         print(f"device: {torch.cuda.get_device_name()}")
     print(f"SDXL {args.resolution}px, {args.dtype}, batch {args.batch_size}, LoRA rank {args.rank}")
-    plain_ms, plain_gib = time_train_step(args, device, dtype, checkpointing=False)
-    ckpt_ms, ckpt_gib = time_train_step(args, device, dtype, checkpointing=True)
-    seconds = time_inference(args, device, dtype)
-    rows = [
-        ("train step", f"{plain_ms:9.1f} ms", f"{plain_gib:6.1f} GiB"),
-        ("train step, grad ckpt", f"{ckpt_ms:9.1f} ms", f"{ckpt_gib:6.1f} GiB"),
-        (f"image ({args.inference_steps} steps, CFG)", f"{seconds:9.2f} s", ""),
-    ]
-    for name, speed, memory in rows:
-        print(f"{name:<28} {speed:>14} {memory:>10}")
-    print(
-        f"gradient checkpointing: {ckpt_ms / plain_ms:.2f}x time, "
-        f"{ckpt_gib / plain_gib:.2f}x peak memory"
-    )
+    if args.only in (None, "train"):
+        plain_ms, plain_gib = time_train_step(args, device, dtype, checkpointing=False)
+        ckpt_ms, ckpt_gib = time_train_step(args, device, dtype, checkpointing=True)
+        print(f"{'train step':<28} {plain_ms:9.1f} ms {plain_gib:6.1f} GiB")
+        print(f"{'train step, grad ckpt':<28} {ckpt_ms:9.1f} ms {ckpt_gib:6.1f} GiB")
+        print(
+            f"gradient checkpointing: {ckpt_ms / plain_ms:.2f}x time, "
+            f"{ckpt_gib / plain_gib:.2f}x peak memory"
+        )
+    if args.only in (None, "infer"):
+        seconds = time_inference(args, device, dtype)
+        print(f"{f'image ({args.inference_steps} steps, CFG)':<28} {seconds:9.2f} s")
+    if args.only in (None, "batch"):
+        print(f"batched base stage: {args.serve_batch} requests x {args.batch_steps} steps, CFG")
+        for name, alone, batched, diff in time_batching(args, device, dtype):
+            print(
+                f"  {name:<16} alone {alone:7.3f} s/image  batched {batched:7.3f} s/image  "
+                f"speed-up {alone / batched:5.2f}x  max |batched - alone| {diff:.3g}"
+            )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 LAYOUT_SENSITIVE = (F.group_norm, F.conv2d)
+# On a GPU, cuDNN picks a convolution algorithm by the whole input shape and attention
+# kernels split their work by batch x heads: run those one sample at a time there too.
+PER_SAMPLE_ON_GPU = (F.conv2d, F.scaled_dot_product_attention)
 
 
 class BatchInvariantMode(TorchFunctionMode):
@@ -33,9 +36,28 @@ class BatchInvariantMode(TorchFunctionMode):
         if func is F.linear and args and args[0].dim() >= 2 and args[0].shape[0] > 1:
             inputs, rest = args[0], args[1:]
             return torch.cat([func(sample, *rest, **kwargs) for sample in inputs.split(1)])
+        if func in PER_SAMPLE_ON_GPU and args and args[0].is_cuda and args[0].shape[0] > 1:
+            return per_sample(func, args, kwargs)
         if func in LAYOUT_SENSITIVE and args and not args[0].is_contiguous():
             args = (args[0].contiguous(), *args[1:])
         return func(*args, **kwargs)
+
+
+def per_sample(func, args, kwargs):
+    """`func` on each sample: the leading dimension of every batched tensor argument (the
+    query, key, value and mask of attention) is sliced alike."""
+    count = args[0].shape[0]
+
+    def take(value, index):
+        batched = isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == count
+        return value[index : index + 1] if batched else value
+
+    return torch.cat(
+        [
+            func(*(take(a, i) for a in args), **{k: take(v, i) for k, v in kwargs.items()})
+            for i in range(count)
+        ]
+    )
 
 
 @contextmanager
@@ -44,5 +66,9 @@ def batch_invariant(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    with torch.backends.mkldnn.flags(enabled=False), BatchInvariantMode():
+    with (
+        torch.backends.mkldnn.flags(enabled=False),
+        torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True),
+        BatchInvariantMode(),
+    ):
         yield
