@@ -29,11 +29,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
 def require_state_api() -> None:
     """Fail early when Ray's state API (the dashboard) is unreachable (see `ensure_ray`)."""
+    import ray
     from ray.util.state import list_nodes
     from ray.util.state.exception import RayStateApiException
 
     try:
-        list_nodes(limit=1, timeout=10)
+        # This cluster's address: with several Ray instances on one machine, "auto" is ambiguous.
+        list_nodes(address=ray.get_runtime_context().gcs_address, limit=1, timeout=10)
     except (RayStateApiException, ConnectionError) as err:
         raise BluepriError(
             "Ray's dashboard (state API) is not reachable; tune needs it to free stopped "
