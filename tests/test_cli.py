@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bluepri import artifacts
 from bluepri.cli import main
 from bluepri.registry import AdapterRegistry
 
@@ -48,14 +49,16 @@ def test_demo_writes_images_and_contact_sheet(
     )
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(out_dir)
-    renders = sorted((out_dir / "renders").glob("*.png"))
-    assert len(renders) == 6  # 3 prompts, each from the base and with the trained adapter
-    sizes = {Image.open(p).size for p in renders}
-    assert sizes == {(64, 64), (80, 64)}  # square and 4:3 landscape
+    rows = artifacts.read_render_manifest(str(out_dir / "renders")).to_pylist()
+    assert [r["id"] for r in rows] == [f"{i:03d}-{t}" for i in range(3) for t in ("base", "lora")]
+    assert all(r["status"] == "rendered" for r in rows)
+    images = {r["id"]: out_dir / "renders" / r["image_path"] for r in rows}
+    assert {Image.open(p).size for p in images.values()} == {(64, 64), (80, 64)}  # 1:1, 4:3
     for index in range(3):
-        base = np.asarray(Image.open(out_dir / "renders" / f"{index:03d}-base.png"), np.int16)
-        lora = np.asarray(Image.open(out_dir / "renders" / f"{index:03d}-lora.png"), np.int16)
+        base = np.asarray(Image.open(images[f"{index:03d}-base"]), np.int16)
+        lora = np.asarray(Image.open(images[f"{index:03d}-lora"]), np.int16)
         assert base.std() > 0 and np.abs(base - lora).max() > 0
+    assert (out_dir / "renders" / "gallery.html").is_file()
     assert (out_dir / "adapter" / "pytorch_lora_weights.safetensors").is_file()
     registry = AdapterRegistry(out_dir / "registry")
     assert registry.champion("blueprints") in registry.versions("blueprints")

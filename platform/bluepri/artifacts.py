@@ -1,11 +1,13 @@
 """The contracts between stages: file names, typed metadata and their readers.
 
-Two artifacts cross stage boundaries, and this module is the only place that spells them:
+The artifacts that cross stage boundaries, and this module is the only place that spells them:
 
     <cache>/manifest.json + shards/*.parquet        written by prepare; read by train, tune,
                                                     eval (`CacheManifest`, `read_split_rows`)
     <adapter>/pytorch_lora_weights.safetensors      written by train; read by registry,
               adapter.json, README.md, ...          generate, serve, render, eval (`AdapterInfo`)
+    <render>/manifest.parquet + images/...          written by render; read by whoever uses the
+                                                    images (`read_render_manifest`)
 
 Readers validate what they read and fail with ONE line (`BluepriError`): a manifest or an
 adapter.json is input that a crash, a person or another tool may have broken. The module
@@ -339,3 +341,117 @@ def read_split_rows(cache_uri: str, split: str) -> CacheRows:
         rows = row_arrays(table.column(name))
         arrays[name] = [rows[i] for i in order]
     return CacheRows([ids[i] for i in order], [captions[i] for i in order], arrays)
+
+
+# -- the render output ------------------------------------------------------------------------
+#
+#   <out>/images/<2 hex of sha256(id)>/<id>.png    one PNG per rendered row (metadata in text
+#                                                  chunks), written under a .tmp- name, renamed
+#   <out>/manifest.parquet                         one row per catalogue row (RENDER_COLUMNS)
+#   <out>/manifest-parts/<run>-<n>.parquet         what a running (or killed) render finished
+#   <out>/run.json                                 adapter pins, config, summary of the last run
+#   <out>/gallery.html, <out>/contact_sheets/      what people look at
+
+RENDER_FORMAT = 1
+RENDER_MANIFEST = "manifest.parquet"
+RENDER_PARTS = "manifest-parts"
+RENDER_RUN = "run.json"
+RENDER_IMAGES = "images"
+RENDER_GALLERY = "gallery.html"
+RENDER_SHEETS = "contact_sheets"
+RENDER_SHEET_INDEX = "index.json"
+RENDERED, FAILED = "rendered", "failed"
+# Why a row failed (the manifest's error_code; its `error` column says the rest).
+RENDER_ERROR_CODES = (
+    "unparsable_row",  # a line or record that could not be read as a row
+    "bad_id",  # an id that cannot name a file (see bluepri.registry.ids.ID_RULE)
+    "duplicate_id",  # an id an earlier row of the catalogue already has
+    "empty_prompt",
+    "prompt_too_long",
+    "bad_size",  # width/height not a multiple of 8, or outside the allowed range
+    "steps_out_of_range",
+    "unknown_adapter",  # no such adapter or version, or a malformed reference
+    "bad_value",  # any other value of the wrong type or range
+    "render_error",  # the models failed on the row (adapter that does not load, ...)
+    "write_error",  # the image could not be written
+)
+
+
+def render_manifest_schema():
+    """The render manifest's columns (pyarrow): one row per catalogue row."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("id", pa.string()),  # the row's id, or "#<row>" when it has no usable one
+            ("row", pa.int64()),  # 1-based position in the catalogue
+            ("status", pa.string()),  # RENDERED or FAILED
+            ("error_code", pa.string()),  # one of RENDER_ERROR_CODES when failed
+            ("error", pa.string()),  # one line
+            ("prompt", pa.string()),
+            ("prompt_2", pa.string()),
+            ("negative_prompt", pa.string()),
+            ("negative_prompt_2", pa.string()),
+            ("seed", pa.int64()),
+            ("width", pa.int64()),
+            ("height", pa.int64()),
+            ("steps", pa.int64()),
+            ("guidance_scale", pa.float64()),
+            ("refine", pa.bool_()),
+            ("high_noise_frac", pa.float64()),  # the base/refiner denoising split
+            ("adapter_scale", pa.float64()),
+            ("adapter", pa.string()),  # name@version; null: the base model alone
+            ("adapter_sha256", pa.string()),
+            ("base_model", pa.string()),
+            ("refiner_model", pa.string()),
+            ("image_path", pa.string()),  # relative to the render folder
+            ("image_sha256", pa.string()),  # of the PNG file's bytes
+            ("request_sha256", pa.string()),  # of everything that decides the bytes
+            ("seconds", pa.float64()),  # the row's share of its batches' model and write time
+            ("base_worker", pa.string()),  # Ray actor ids of the pool members that made it
+            ("refiner_worker", pa.string()),
+            ("run_id", pa.string()),
+            ("finished_at", pa.string()),  # UTC, ISO 8601
+        ]
+    )
+
+
+def render_image_path(row_id: str) -> str:
+    """Where a row's PNG lives, relative to the render folder: 256 shard folders keep any
+    one folder browsable at 100k images."""
+    import hashlib
+
+    shard = hashlib.sha256(row_id.encode()).hexdigest()[:2]
+    return f"{RENDER_IMAGES}/{shard}/{row_id}.png"
+
+
+def read_render_manifest(out: str):
+    """The render manifest (a pyarrow Table of the schema's columns), or one line why not."""
+    uri = storage.join(out, RENDER_MANIFEST)
+    if not storage.is_file(uri):
+        raise BluepriError(f"{out!r} holds no finished render (no {RENDER_MANIFEST})")
+    return read_render_table(uri)
+
+
+def read_render_table(uri: str):
+    """One manifest or manifest part, checked against the schema (one line if broken)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = render_manifest_schema()
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    except (pa.ArrowException, OSError) as err:
+        raise BluepriError(
+            f"{uri} is not a readable render manifest ({err})".splitlines()[0]
+        ) from None
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise BluepriError(f"{uri} is not a render manifest (no column {missing[0]!r})")
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowException, ValueError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BluepriError(f"{uri} has a column of the wrong type ({why})") from None

@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from bluepri.config import (
+    UNSET,
     DemoConfig,
     ModelsConfig,
     PrepareConfig,
+    RenderConfig,
     SearchConfig,
+    ServeConfig,
     SynthConfig,
     TrainConfig,
     build_config,
     load_yaml,
+    parse_overrides,
 )
 from bluepri.errors import BluepriError
 
@@ -202,8 +207,46 @@ def demo(
 
     result = run_demo(cfg, log=typer.echo)
     typer.echo(f"contact sheet: {result.contact_sheet}")
-    typer.echo(f"images: {Path(result.images[0]).parent}")
+    typer.echo(f"gallery: {result.gallery}")
     typer.echo(result.out_dir)
+
+
+@app.command("serve")
+def serve_command(
+    config: Path = typer.Option(None, help="YAML with ServeConfig keys (limits, replicas, ...)."),
+    registry: str = typer.Option(None, "--registry", help="Adapter registry root (path or URI)."),
+    adapter_name: str = typer.Option(
+        None, "--adapter-name", help="Adapter whose champion answers requests naming none."
+    ),
+    host: str = typer.Option(None, help="HTTP host (default 127.0.0.1: loopback only)."),
+    port: int = typer.Option(None, help="HTTP port (default 8000)."),
+    tiny: bool = typer.Option(False, "--tiny", help="Serve the tiny offline models."),
+    write_config: Path = typer.Option(
+        None, "--write-config", help="Write a Ray Serve config file (serve deploy) and exit."
+    ),
+) -> None:
+    """Serve SDXL + LoRA adapters over HTTP on Ray Serve (local Ray, or RAY_ADDRESS)."""
+    values: dict[str, Any] = {
+        "registry": registry,
+        "adapter_name": adapter_name,
+        "host": host,
+        "port": port,
+        "models": ModelsConfig.tiny().model_dump() if tiny else None,
+    }
+    cfg = config_from(ServeConfig, config, values)
+    from bluepri.serve import deploy  # heavy imports only once the config is valid
+
+    if write_config is not None:
+        typer.echo(deploy.write_serve_config(cfg, write_config))
+        return
+    url = deploy.start(cfg)
+    typer.echo(f"serving {url} (API docs {url}/docs); Ctrl-C stops")
+    try:
+        threading.Event().wait()  # until Ctrl-C
+    except KeyboardInterrupt:
+        typer.echo("stopping")
+    finally:
+        deploy.stop(cfg)
 
 
 TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -431,6 +474,48 @@ def adapters_export(
 ) -> None:
     """Write a verified copy in kohya (one .safetensors) or diffusers (a folder) format."""
     typer.echo(open_registry(registry).export(name, version, out, format=format))
+
+
+RENDER_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command("render", context_settings=RENDER_CONTEXT)
+def render_command(
+    ctx: typer.Context,
+    catalogue: str = typer.Option(None, help="Catalogue: CSV, JSONL or parquet (path or URI)."),
+    out: str = typer.Option(None, help="Render folder: images/, manifest.parquet, gallery.html."),
+    adapter: str = typer.Option(
+        None, help="Adapter of rows naming none: name (its champion), name@version or none."
+    ),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+    tiny: bool = typer.Option(False, "--tiny", help="Render with the tiny offline models."),
+    config: Path = typer.Option(None, help="YAML with RenderConfig keys."),
+) -> None:
+    """Render a catalogue on Ray Data: base and refiner actor pools, PNGs with metadata, a
+    parquet manifest, contact sheets and an HTML gallery. A rerun skips what is done.
+
+    Any RenderConfig key as KEY=VALUE, e.g. `steps=4 width=512 base_actors=2
+    refiner_actors=1`. Exit code 1 when any row failed (see the manifest's error column).
+    """
+    overrides = parse_overrides(RenderConfig, ctx.args)
+    values = {
+        "catalogue": catalogue,
+        "out": out,
+        "adapter": adapter,
+        "registry": registry,
+        "models": ModelsConfig.tiny().model_dump() if tiny else None,
+        **overrides,
+    }
+    if config is None:
+        values = {k: v for k, v in values.items() if v is not UNSET}
+    cfg = config_from(RenderConfig, config, values)
+    from bluepri.render import render  # heavy imports only once the config is valid
+
+    result = render(cfg, log=typer.echo)
+    for line in result.summary_lines():
+        typer.echo(line)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command("tune")

@@ -458,3 +458,214 @@ class SearchConfig(StrictModel):
             if spec.kind not in TUNABLE_PARAMETERS[name]:
                 raise ValueError(f"{name} cannot be a {spec.kind} (use {TUNABLE_PARAMETERS[name]})")
         return space
+
+
+class ServeLimits(StrictModel):
+    """What one `POST /v1/generate` may ask for; anything outside is a 4xx naming the field."""
+
+    min_side: int = Field(256, ge=64, multiple_of=8)
+    max_side: int = Field(2048, ge=64, le=4096, multiple_of=8)
+    max_pixels: int = Field(1536 * 1536, ge=64 * 64)
+    max_steps: int = Field(100, ge=1, le=500)
+    min_guidance: float = Field(0.0, ge=0.0, le=50.0)
+    max_guidance: float = Field(30.0, gt=0.0, le=50.0)
+    max_prompt_chars: int = Field(2000, ge=1)
+    max_num_images: int = Field(4, ge=1, le=64)
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # a larger body is refused unread (413)
+
+    @model_validator(mode="after")
+    def ranges_make_sense(self) -> ServeLimits:
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side ({self.min_side}) exceeds max_side ({self.max_side})")
+        if self.min_side * self.min_side > self.max_pixels:
+            raise ValueError("max_pixels is below min_side squared: no size would be allowed")
+        if self.min_guidance > self.max_guidance:
+            raise ValueError("min_guidance exceeds max_guidance")
+        return self
+
+
+class AutoscalingSettings(StrictModel):
+    """Ray Serve's autoscaling_config for one deployment (Ray's names and meanings)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+    look_back_period_s: float = Field(30.0, gt=0)
+    metrics_interval_s: float | None = Field(None, gt=0)  # None: Ray's default
+
+    @model_validator(mode="after")
+    def replica_range(self) -> AutoscalingSettings:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class DeploymentSettings(StrictModel):
+    """Replicas, resources and admission of one Serve deployment."""
+
+    num_replicas: int = Field(1, ge=1)  # ignored when `autoscaling` is set
+    autoscaling: AutoscalingSettings | None = None
+    num_cpus: float = Field(0.5, ge=0)  # fractional: several replicas share a core
+    num_gpus: float = Field(0.0, ge=0)
+    max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(64, ge=-1)  # -1: unbounded (Ray's convention)
+
+
+class BatchedDeploymentSettings(DeploymentSettings):
+    """A model deployment: requests are gathered into batches of compatible requests."""
+
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
+
+
+def default_ingress() -> DeploymentSettings:
+    return DeploymentSettings(num_cpus=0.1, max_ongoing_requests=64, max_queued_requests=128)
+
+
+class ServeConfig(StrictModel):
+    """`bluepri serve`: the Ray Serve application (Ingress -> Base -> Refiner).
+
+    The default adapter's champion answers requests that name no adapter; the champion is
+    re-read from the registry at most `champion_refresh_s` after it changes. API keys come
+    from `api_keys_file` (one per line) and/or the environment variable `api_keys_env`
+    (comma-separated); with neither holding a key the API is open.
+    """
+
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    registry: str | None = None  # default $BLUEPRI_HOME/registry
+    adapter_name: str | None = "blueprints"  # None: requests without `adapter` use the base
+    champion_refresh_s: float = Field(30.0, gt=0)
+    limits: ServeLimits = Field(default_factory=ServeLimits)
+    default_size: int = Field(1024, ge=64, multiple_of=8)
+    default_steps: int = Field(30, ge=1)
+    default_guidance: float = Field(5.0, ge=0)
+    max_adapters_per_replica: int = Field(8, ge=1)
+    request_timeout_s: float = Field(120.0, gt=0)
+    retry_after_s: int = Field(2, ge=0)  # Retry-After on 503 (overload)
+    warmup: bool = True  # one tiny generation per replica before it takes traffic
+    ingress: DeploymentSettings = Field(default_factory=default_ingress)
+    base: BatchedDeploymentSettings = Field(default_factory=BatchedDeploymentSettings)
+    refiner: BatchedDeploymentSettings = Field(default_factory=BatchedDeploymentSettings)
+    api_keys_file: str | None = None
+    api_keys_env: str | None = "BLUEPRI_API_KEYS"
+    app_name: str = Field("bluepri", pattern=r"^[A-Za-z0-9][\w-]*$")
+    host: str = "127.0.0.1"  # loopback unless the deployment says otherwise
+    port: int = Field(8000, ge=1, le=65535)
+
+    @field_validator("adapter_name")
+    @classmethod
+    def registry_id(cls, value: str | None) -> str | None:
+        from bluepri.registry.ids import ID_RULE, is_valid_id
+
+        if value is not None and not is_valid_id(value):
+            raise ValueError(f"{value!r} is not a registry name: use {ID_RULE}")
+        return value
+
+    @model_validator(mode="after")
+    def defaults_within_limits(self) -> ServeConfig:
+        limits = self.limits
+        if not limits.min_side <= self.default_size <= limits.max_side:
+            raise ValueError(
+                f"default_size {self.default_size} is outside limits "
+                f"[{limits.min_side}, {limits.max_side}]"
+            )
+        if self.default_size**2 > limits.max_pixels:
+            raise ValueError(f"default_size {self.default_size} squared exceeds max_pixels")
+        if self.default_steps > limits.max_steps:
+            raise ValueError(f"default_steps exceeds limits.max_steps ({limits.max_steps})")
+        if not limits.min_guidance <= self.default_guidance <= limits.max_guidance:
+            raise ValueError("default_guidance is outside the guidance limits")
+        return self
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+
+CatalogueFormat = Literal["auto", "csv", "jsonl", "parquet"]
+
+
+class RenderConfig(StrictModel):
+    """`bluepri render`: a catalogue of prompts -> PNGs + manifest + gallery, on Ray Data.
+
+    Rows name their own prompts and, optionally, id, seed, size, steps, guidance, adapter and
+    refine; what a row leaves out comes from here. `adapter` is a registry reference
+    (`blueprints` = its champion, `blueprints@v0003`) or `none` (the base model alone); the
+    references are pinned to name@version + sha256 once, at the start, and kept in run.json,
+    so a rerun of the same job renders the same versions even if a promotion happened since.
+    Base and refiner run in separate actor pools of their own sizes.
+    """
+
+    catalogue: str  # CSV, JSONL or parquet; local path or pyarrow URI
+    out: str  # render folder (local path or URI): images/, manifest.parquet, gallery.html
+    catalogue_format: CatalogueFormat = "auto"  # auto: by the file's suffix
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    registry: str | None = None  # default $BLUEPRI_HOME/registry
+    adapter: str = "blueprints"  # default for rows naming none; `none`: the base model alone
+    adapter_scale: float = Field(1.0, ge=0.0, le=4.0)
+    width: int = Field(1024, ge=64, le=4096, multiple_of=8)
+    height: int = Field(1024, ge=64, le=4096, multiple_of=8)
+    steps: int = Field(30, ge=1, le=500)
+    guidance_scale: float = Field(5.0, ge=0.0, le=50.0)
+    negative_prompt: str | None = None
+    refine: bool = True  # rows refine by default when a refiner model is configured
+    high_noise_frac: float = Field(0.8, gt=0.0, lt=1.0)
+    # What a row may ask for; a row outside is recorded as failed with its reason.
+    max_side: int = Field(2048, ge=64, le=4096, multiple_of=8)
+    max_steps: int = Field(150, ge=1, le=500)
+    max_prompt_chars: int = Field(2000, ge=1)
+    # Pools: base and refiner scale independently (GPUs: one pool per kind of model).
+    base_actors: int = Field(1, ge=1)
+    refiner_actors: int = Field(1, ge=1)
+    base_batch_size: int = Field(4, ge=1)
+    refiner_batch_size: int = Field(4, ge=1)
+    # Logical CPUs per model actor and per read/write task. None: model actors share half
+    # of the cluster's CPUs (at most one each) and tasks take a quarter CPU each in the
+    # other half, so the read and write tasks always find a CPU (whole-CPU actors on a
+    # 2-core machine would leave them none and the stream would stall).
+    actor_cpus: float | None = Field(None, gt=0.0)
+    task_cpus: float | None = Field(None, gt=0.0)
+    actor_gpus: float | None = Field(None, ge=0.0)  # None: a share of the GPUs on cuda, else 0
+    max_adapters_per_actor: int = Field(4, ge=1)
+    # Rows per block: the unit the manifest records as finished (a killed driver loses at
+    # most the blocks in flight; a rerun renders those again, to the same bytes).
+    block_rows: int = Field(16, ge=1, le=4096)
+    contact_sheet_images: int = Field(1000, ge=0)  # the first N rendered rows; 0: none
+    progress_interval_s: float = Field(5.0, gt=0.0)
+
+    @field_validator("catalogue", "out")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def adapter_reference(cls, value: str) -> str:
+        from bluepri.registry.ids import ID_PATTERN
+
+        name, _, version = value.partition("@")
+        ok = ID_PATTERN.fullmatch(name) and (not version or ID_PATTERN.fullmatch(version))
+        if not ok or ".." in value:
+            raise ValueError(
+                f"{value!r} is not an adapter reference: use name, name@version or none"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def sizes_within_limits(self) -> RenderConfig:
+        if max(self.width, self.height) > self.max_side:
+            raise ValueError(f"width/height exceed max_side ({self.max_side})")
+        if self.steps > self.max_steps:
+            raise ValueError(f"steps ({self.steps}) exceed max_steps ({self.max_steps})")
+        refines = self.refine and self.models.refiner is not None
+        if refines and round(self.steps * (1 - self.high_noise_frac)) < 1:
+            raise ValueError("too few steps for the refiner to run one; raise steps")
+        return self

@@ -4,33 +4,43 @@ Synthesises a blueprint set, prepares it into a training cache on Ray Data (vali
 dedup, BLIP captions for the uncaptioned drawings, VAE + text-encoder embeddings), trains a
 LoRA adapter on Ray Train with 2 workers and registers it as the champion in the adapter
 registry, searches learning rate, rank and snr_gamma on the same cache (Ray Tune + Optuna +
-ASHA) and promotes the winner only if it beats that champion, then renders catalogue prompts
-through the paper's two-stage base -> refiner process with both prompts, with and without
-the champion.
+ASHA) and promotes the winner only if it beats that champion, then renders a catalogue of
+prompts on Ray Data (`bluepri.render`: base and refiner actor pools) through the paper's
+two-stage base -> refiner process with both prompts, with and without the champion, into
+a manifest, contact sheets and an HTML gallery.
 Everything lands in one output folder. Each stage that lands adds its step here.
 """
 
 from __future__ import annotations
 
+import json
+import socket
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 from pydantic import BaseModel
 
+from bluepri import artifacts
 from bluepri.config import (
     DemoConfig,
     PrepareConfig,
+    RenderConfig,
     SearchConfig,
+    ServeConfig,
     SynthConfig,
     TrainConfig,
     build_config,
 )
 from bluepri.data.prepare import CacheInfo, prepare
 from bluepri.data.synth import synthesize
-from bluepri.generate import GenerationRequest, generate, load_pipelines
+from bluepri.errors import BluepriError
+from bluepri.generate import GenerationRequest
 from bluepri.imaging import contact_sheet
 from bluepri.registry import AdapterRegistry
+from bluepri.render import render
 from bluepri.storage import output_folder
 from bluepri.train import train
 from bluepri.tune import TuneResult, tune
@@ -65,6 +75,8 @@ class DemoResult(BaseModel):
     champion: str
     images: list[str]
     contact_sheet: str
+    gallery: str = ""  # the rendered catalogue's HTML gallery
+    served: list[str] = []  # PNGs fetched from the HTTP service
 
 
 def catalogue_requests(config: DemoConfig) -> list[GenerationRequest]:
@@ -91,7 +103,6 @@ def catalogue_requests(config: DemoConfig) -> list[GenerationRequest]:
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     """Run every landed stage on the tiny models and the synthetic set."""
     out = output_folder(config.out_dir).resolve()  # stages run in other working dirs
-    renders = output_folder(out / "renders")
     requests = catalogue_requests(config)  # validate everything before the first step
 
     log(f"[1/6] synthesising {config.dataset_size} blueprints")
@@ -146,22 +157,20 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
     champion = registry.get(ADAPTER_NAME, "champion")
     log(f"  champion: {ADAPTER_NAME}/{registry.champion(ADAPTER_NAME)}")
 
-    log(f"[5/6] loading models (base {config.models.base}, refiner {config.models.refiner})")
-    pipes = load_pipelines(config.models)
+    log("[5/6] serving the registry over HTTP (Ray Serve: Ingress -> Base -> Refiner)")
+    served = serve_demo(config, out, registry, log)
 
-    log(f"[6/6] rendering {len(requests)} catalogue prompts, base and champion adapter")
-    paths, images, labels = [], [], []
-    for index, request in enumerate(requests):
-        for tag, adapter in (("base", None), ("lora", str(champion))):
-            result = generate(pipes, request.model_copy(update={"adapter": adapter}))
-            path = renders / f"{index:03d}-{tag}.png"
-            result.image.save(path)
-            paths.append(str(path))
-            images.append(result.image)
-            labels.append(f"{tag}: {request.prompt}")
-            log(f"  {path.name} {result.seconds:.2f}s  {request.prompt}")
+    log(
+        f"[6/6] rendering {len(requests)} catalogue prompts on Ray Data (base and refiner "
+        "actor pools), with the base model and with the champion adapter"
+    )
+    rendered = render(demo_render_config(config, requests, out, registry), log=log)
+    rows = artifacts.read_render_manifest(rendered.out).to_pylist()
+    paths = [str(Path(rendered.out) / row["image_path"]) for row in rows]
+    labels = [f"{row['id'].split('-')[-1]}: {row['prompt']}" for row in rows]
     sheet = out / "contact_sheet.png"
-    contact_sheet(images, labels).save(sheet)
+    contact_sheet([Image.open(path) for path in paths], labels).save(sheet)
+    log(f"  gallery: {rendered.gallery}")
     return DemoResult(
         out_dir=str(out),
         dataset_dir=dataset.out_dir,
@@ -172,7 +181,88 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
         champion=str(champion),
         images=paths,
         contact_sheet=str(sheet),
+        gallery=rendered.gallery,
+        served=served,
     )
+
+
+def serve_demo(
+    config: DemoConfig, out: Path, registry: AdapterRegistry, log: Callable[[str], None]
+) -> list[str]:
+    """Start the service on the demo's registry, fetch the champion, a second version (when
+    there is one) and the base model alone, with and without the refiner, over real HTTP;
+    save the PNGs under serve/; stop the service."""
+    from ray import serve
+
+    from bluepri.serve import deploy
+
+    folder = output_folder(out / "serve")
+    serve_config = demo_serve_config(config, registry)
+    url = deploy.start(serve_config)
+    log(f"  serving at {url} (API docs {url}/docs)")
+    champion = registry.champion(ADAPTER_NAME)
+    others = [v for v in registry.versions(ADAPTER_NAME) if v != champion]
+    adapters = [ADAPTER_NAME, *[f"{ADAPTER_NAME}@{v}" for v in others[-1:]], "none"]
+    paths = []
+    try:
+        for adapter in adapters:
+            for refine in (True, False):
+                prompt, prompt_2 = CATALOGUE_PROMPTS[0]
+                body = {"prompt": prompt, "prompt_2": prompt_2, "seed": config.seed,
+                        "adapter": adapter, "refine": refine}  # fmt: skip
+                png, headers = post_json(f"{url}/v1/generate", body)
+                served = headers["x-bluepri-adapter"]
+                stage = "refined" if refine else "no-refiner"
+                path = folder / f"{served.replace('@', '-')}-{stage}.png"
+                path.write_bytes(png)
+                paths.append(str(path))
+                log(
+                    f"  {path.name}: {served} sha256 {headers['x-bluepri-adapter-sha256'][:12]}, "
+                    f"base {float(headers['x-bluepri-seconds-base']):.2f}s, refiner "
+                    f"{float(headers['x-bluepri-seconds-refiner']):.2f}s"
+                )
+    finally:
+        deploy.stop(serve_config)
+        serve.shutdown()  # the replicas' CPUs go back to the render step
+    return paths
+
+
+def demo_serve_config(config: DemoConfig, registry: AdapterRegistry) -> ServeConfig:
+    """The demo's service: its models and registry, open (loopback only), on a free port,
+    fractional CPUs for one replica per deployment."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    largest = max(config.size * 4 // 3 // 8 * 8, config.size)
+    return build_config(
+        ServeConfig,
+        {
+            "models": config.models.model_dump(),
+            "registry": registry.uri,
+            "adapter_name": ADAPTER_NAME,
+            "default_size": config.size,
+            "default_steps": config.steps,
+            "limits": {"min_side": 64, "max_side": largest, "max_pixels": largest * largest},
+            "api_keys_env": None,
+            "port": port,
+            "ingress": {"num_cpus": 0.1},
+            "base": {"num_cpus": 0.5},
+            "refiner": {"num_cpus": 0.5},
+        },
+    )
+
+
+def post_json(url: str, body: dict) -> tuple[bytes, dict[str, str]]:
+    """POST a JSON body; the answer's bytes and (lower-cased) headers; a non-200 answer is
+    an error."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310 (loopback)
+            return response.read(), {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as err:
+        raise BluepriError(f"serve answered {err.code}: {err.read()[:300]!r}") from None
 
 
 def demo_recipe(config: DemoConfig, cache_uri: str) -> dict:
@@ -229,5 +319,48 @@ def demo_search_config(config: DemoConfig, cache_uri: str, out: Path) -> SearchC
                 "num_train_epochs": config.tune_epochs,
                 "num_validation_images": 0,
             },
+        },
+    )
+
+
+def demo_render_config(
+    config: DemoConfig, requests: list[GenerationRequest], out: Path, registry: AdapterRegistry
+) -> RenderConfig:
+    """The catalogue as a JSONL file, each prompt twice: the base model alone and the
+    champion, named by its version (so a later champion is a new job's render)."""
+    catalogue = out / "catalogue.jsonl"
+    lines = []
+    for index, request in enumerate(requests):
+        for tag, adapter in (("base", "none"), ("lora", None)):
+            row = {
+                "id": f"{index:03d}-{tag}",
+                "prompt": request.prompt,
+                "prompt_2": request.prompt_2,
+                "negative_prompt": request.negative_prompt,
+                "width": request.width,
+                "height": request.height,
+                "seed": request.seed,
+            }
+            if adapter:
+                row["adapter"] = adapter
+            lines.append(json.dumps(row))
+    catalogue.write_text("\n".join(lines) + "\n")
+    return build_config(
+        RenderConfig,
+        {
+            "catalogue": str(catalogue),
+            "out": str(out / "renders"),
+            "models": config.models.model_dump(),
+            "registry": registry.uri,
+            "adapter": f"{ADAPTER_NAME}@{registry.champion(ADAPTER_NAME)}",
+            "width": config.size,
+            "height": config.size,
+            "steps": config.steps,
+            "refine": config.models.refiner is not None,
+            "high_noise_frac": config.high_noise_frac,
+            "max_side": max(2048, config.size * 2),
+            "base_batch_size": 2,
+            "refiner_batch_size": 2,
+            "block_rows": 4,
         },
     )
