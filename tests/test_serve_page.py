@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from browser import chromium
+from browser import chromium, save_screenshot
 
 pytestmark = pytest.mark.integration
 
@@ -47,19 +43,6 @@ def page(browser, served_app):
     yield page
     context.close()
     assert not problems, problems
-
-
-def artifact(tmp_path: Path, name: str, page) -> Path:
-    """Screenshot into the test's tmp dir, copied to a stable folder, both printed."""
-    shot = tmp_path / name
-    page.screenshot(path=str(shot), full_page=True)
-    keep = Path(
-        os.environ.get("BLUEPRI_ARTIFACTS", Path(tempfile.gettempdir()) / "bluepri-artifacts")
-    )
-    keep.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, keep / name)
-    print(f"screenshot: {shot}\nscreenshot: {keep / name}")
-    return keep / name
 
 
 def api_messages(value: Any) -> list[str]:
@@ -133,7 +116,7 @@ def test_page_generates_an_image_and_shows_errors(page, served_app, tmp_path, ca
     expect(page.locator("#t-total")).to_have_text(f"{seconds:.3f} s")
     expect(page.locator("#t-base")).to_contain_text(" s")
     with capsys.disabled():
-        artifact(tmp_path, "serve-page.png", page)
+        save_screenshot(tmp_path, "serve-page.png", page)
 
     # A bad value: the page shows the API's own 4xx answer, which names the field.
     page.get_by_label("Width (px)").fill(str(SIZE + 1))
@@ -152,4 +135,4 @@ def test_page_generates_an_image_and_shows_errors(page, served_app, tmp_path, ca
     )
     expect(button).to_be_enabled()
     with capsys.disabled():
-        artifact(tmp_path, "serve-page-error.png", page)
+        save_screenshot(tmp_path, "serve-page-error.png", page)
