@@ -47,7 +47,7 @@ def trial_row(result: Any, trials_root: str, max_validations: int) -> dict[str, 
         "validations": validations,
         "steps": metrics.get("step"),
         "seconds": metrics.get("time_total_s"),
-        "adapter": adapter if has_adapter else None,
+        "adapter": adapter if finished else None,
     }
 
 
