@@ -14,7 +14,6 @@ vs one adapter.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import socket
@@ -26,24 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
-def make_adapter(folder: Path, seed: int) -> Path:
-    """A random rank-4 LoRA for tiny:base with its adapter.json."""
-    import torch
-
-    from bluepri.artifacts import ADAPTER_JSON, WEIGHTS_NAME, AdapterInfo
-    from bluepri.models import load_base
-    from bluepri.models.lora import attach_lora, save_lora_folder
-
-    donor = load_base("tiny:base")
-    torch.manual_seed(seed)
-    attach_lora(donor.unet, rank=4, init=False)
-    save_lora_folder(folder, donor.unet)
-    digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
-    info = AdapterInfo(base="tiny:base", rank=4, alpha=4, weights={"sha256": digest})
-    (folder / ADAPTER_JSON).write_text(info.to_json())
-    return folder
 
 
 def free_port() -> int:
@@ -132,6 +113,7 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from bluepri.models.tiny import save_random_adapter
     from bluepri.registry import AdapterRegistry
     from bluepri.runtime import ensure_ray
     from bluepri.serve import deploy
@@ -140,7 +122,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     registry = AdapterRegistry(folder / "registry")
     for seed in range(2):
-        registry.put(make_adapter(folder / f"adapter-{seed}", seed), "bench")
+        registry.put(save_random_adapter(folder / f"adapter-{seed}", seed), "bench")
     registry.promote("bench", "v0001", "bench")
     one, two = ["bench@v0001"], ["bench@v0001", "bench@v0002"]
     rows: dict[tuple[str, str], dict] = {}

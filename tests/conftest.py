@@ -143,9 +143,9 @@ def served_app(ray_session, tiny_models, tmp_path_factory: pytest.TempPathFactor
 
     from ray import serve
 
+    from bluepri.models.tiny import save_random_adapter as make_adapter
     from bluepri.registry import AdapterRegistry
     from bluepri.serve.deploy import start, stop
-    from lora_adapters import make_adapter
 
     root = tmp_path_factory.mktemp("served")
     registry = AdapterRegistry(root / "registry")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from bluepri.errors import BluepriError
@@ -24,8 +23,7 @@ from bluepri.generate import (
     run_base,
     run_refiner,
 )
-from bluepri.models import load_base
-from bluepri.models.lora import attach_lora, save_lora_folder
+from bluepri.models.tiny import save_random_adapter
 
 PROMPTS = [
     ("a floor plan of a small apartment", None, None),
@@ -113,17 +111,10 @@ def test_a_mixed_batch_is_refused(tiny_pipelines) -> None:
 # -- adapters --------------------------------------------------------------------------------
 
 
-def random_adapter(folder: Path, seed: int) -> Path:
-    donor = load_base("tiny:base")
-    torch.manual_seed(seed)
-    attach_lora(donor.unet, rank=4, init=False)
-    return save_lora_folder(folder, donor.unet)
-
-
 @pytest.fixture(scope="module")
 def adapter_folders(tiny_models, tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("adapters")
-    return [random_adapter(root / f"lora-{seed}", seed) for seed in range(3)]
+    return [save_random_adapter(root / f"lora-{seed}", seed) for seed in range(3)]
 
 
 def test_lru_evicts_unloads_and_stays_right(tiny_models, adapter_folders) -> None:
@@ -164,16 +155,10 @@ def test_a_failing_adapter_load_fails_that_request_only(
 def test_registry_references_resolve_to_verified_versions(
     tiny_pipelines, adapter_folders, tmp_path: Path
 ) -> None:
-    import hashlib
-
-    from bluepri.artifacts import ADAPTER_JSON, WEIGHTS_NAME, AdapterInfo
     from bluepri.registry import AdapterRegistry
 
     registry = AdapterRegistry(tmp_path / "registry")
     for folder in adapter_folders[:2]:
-        digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
-        info = AdapterInfo(base="tiny:base", rank=4, alpha=4, weights={"sha256": digest})
-        (folder / ADAPTER_JSON).write_text(info.to_json())
         registry.put(folder, "bp")
     registry.promote("bp", "v0002", "test")
     champion = resolve_adapter("bp", registry)

@@ -25,11 +25,11 @@ from bluepri import artifacts
 from bluepri.cli import main
 from bluepri.config import ModelsConfig, RenderConfig
 from bluepri.imaging import contact_sheet
+from bluepri.models.tiny import save_random_adapter as make_adapter
 from bluepri.registry import AdapterRegistry
 from bluepri.render import render
 from bluepri.render.writer import read_metadata, strip_metadata
 from browser import chromium, save_screenshot
-from lora_adapters import make_adapter
 
 pytestmark = pytest.mark.integration
 

@@ -137,8 +137,8 @@ def test_a_configured_key_file_must_hold_a_key(tmp_path: Path) -> None:
 
 
 def test_the_champion_is_followed_within_the_refresh_bound(tiny_models, tmp_path: Path) -> None:
+    from bluepri.models.tiny import save_random_adapter as make_adapter
     from bluepri.registry import AdapterRegistry
-    from lora_adapters import make_adapter
 
     registry = AdapterRegistry(tmp_path / "registry")
     for seed in range(2):

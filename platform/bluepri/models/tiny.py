@@ -387,3 +387,23 @@ def build_tiny(name: str, folder: Path, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder
+
+
+def save_random_adapter(folder: Path, seed: int, base: str = "tiny:base", rank: int = 4) -> Path:
+    """A random LoRA (non-zero weights, so it changes images) for `base`'s UNet, saved as a
+    complete adapter artifact (weights + adapter.json): what tests, benchmarks and the
+    registry need when no training run should be paid for."""
+    import hashlib
+
+    from bluepri.artifacts import ADAPTER_JSON, WEIGHTS_NAME, AdapterInfo
+    from bluepri.models.loading import load_base
+    from bluepri.models.lora import attach_lora, save_lora_folder
+
+    donor = load_base(base)
+    torch.manual_seed(seed)
+    attach_lora(donor.unet, rank=rank, init=False)
+    save_lora_folder(folder, donor.unet)
+    digest = hashlib.sha256((Path(folder) / WEIGHTS_NAME).read_bytes()).hexdigest()
+    info = AdapterInfo(base=base, rank=rank, alpha=rank, weights={"sha256": digest})
+    (Path(folder) / ADAPTER_JSON).write_text(info.to_json())
+    return Path(folder)
