@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -30,6 +29,7 @@ from bluepri.registry import AdapterRegistry
 from bluepri.render import render
 from bluepri.render.writer import read_metadata, strip_metadata
 from browser import chromium, save_screenshot
+from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -240,11 +240,12 @@ def test_a_killed_driver_resumes_to_the_same_bytes(
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while recorded_rows(out) < 2:  # one image to damage, one to keep
+
+        def two_rows_recorded() -> bool:  # one image to damage, one to keep
             assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no blocks finished within 300 s"
-            time.sleep(0.05)
+            return recorded_rows(out) >= 2
+
+        wait_until(two_rows_recorded, 300, "two recorded rows", poll_s=0.05)
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.kill()
@@ -253,10 +254,8 @@ def test_a_killed_driver_resumes_to_the_same_bytes(
     assert not (out / "manifest.parquet").exists()  # it was killed part-way
     done_before = len(image_files(out))
     assert 0 < done_before < 48
-    deadline = time.monotonic() + 120  # the killed job's actors go with its driver
-    while alive_render_actors(ray_session):
-        assert time.monotonic() < deadline, alive_render_actors(ray_session)
-        time.sleep(0.2)
+    # The killed job's actors go with its driver.
+    wait_until(lambda: not alive_render_actors(ray_session), 120, "the render actors to go")
 
     parts = [pq.read_table(p) for p in (out / "manifest-parts").glob("*.parquet")]
     recorded = [r for t in parts for r in t.to_pylist() if r["status"] == "rendered"]

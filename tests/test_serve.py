@@ -17,6 +17,7 @@ from PIL import Image
 
 from bluepri.config import ModelsConfig
 from bluepri.generate import GenerationRequest, generate, load_pipelines
+from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -327,8 +328,7 @@ def champion_version(app) -> str:
 def wait_for_champion(app, version: str, deadline_s: float) -> float:
     """Seconds until champion requests report `version` (polling real answers)."""
     started = time.monotonic()
-    while champion_version(app) != version:
-        assert time.monotonic() - started < deadline_s, f"champion never became {version}"
+    wait_until(lambda: champion_version(app) == version, deadline_s, f"champion {version}", 0)
     return time.monotonic() - started
 
 
@@ -384,13 +384,13 @@ def test_metrics_reach_rays_endpoint(served_app, ray_session) -> None:
     port = next(n["MetricsExportPort"] for n in ray_session.nodes() if n["Alive"])
     ok_png(post(served_app, {"prompt": "a wing", "adapter": "bp@v0001"}))
     wanted = {f"ray_{name}" for name in SERVE_METRICS}
-    deadline = time.monotonic() + 90  # Ray exports every few seconds
-    while True:
+
+    def exported() -> str | None:
         text = scrape(port)
-        found = {name for name in wanted if f"\n{name}" in text}
-        if found == wanted or time.monotonic() > deadline:
-            break
-    assert found == wanted, f"missing on the metrics endpoint: {sorted(wanted - found)}"
+        return text if all(f"\n{name}" in text for name in wanted) else None
+
+    # Ray exports every few seconds.
+    text = wait_until(exported, 90, f"{sorted(wanted)} on the metrics endpoint")
     requests_lines = [
         line for line in text.splitlines() if line.startswith("ray_bluepri_serve_requests")
     ]

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from polling import wait_until
+
 pytestmark = pytest.mark.integration
 
 REPLICA_CLASS = "ServeReplica:{app}:Base"
@@ -26,15 +28,6 @@ def base_status(app) -> tuple[str, int]:
     deployment = serve.status().applications[app.config.app_name].deployments["Base"]
     states = {str(getattr(k, "value", k)): v for k, v in deployment.replica_states.items()}
     return str(getattr(deployment.status, "value", deployment.status)), states.get("RUNNING", 0)
-
-
-def wait_until(condition, deadline_s: float, what: str, poll_s: float = 0.25):
-    """Poll real state until `condition()` is truthy; fail after `deadline_s`."""
-    stop = time.monotonic() + deadline_s
-    while not (result := condition()):
-        assert time.monotonic() < stop, f"timed out waiting for {what}"
-        threading.Event().wait(poll_s)  # pace the polling; the condition decides
-    return result
 
 
 class Load:

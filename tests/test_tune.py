@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,6 +26,7 @@ from bluepri.registry import AdapterRegistry
 from bluepri.tune import TuneResult, tune
 from bluepri.tune.promote import promote_best
 from bluepri.tune.search import base_train_config, saved_search
+from polling import wait_until
 from vanilla import load_in_vanilla_diffusers
 
 RESOLUTION = 64
@@ -91,17 +91,6 @@ def live_placement_groups(ray) -> list[dict]:
     return [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
 
 
-def wait_for(condition, timeout: float, what: str):
-    """Poll `condition` until it returns something truthy (the result) or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -159,7 +148,7 @@ def test_eight_trials_share_one_cache_and_asha_stops_some(search, tune_cache) ->
 def test_search_gives_back_every_trials_workers(search, ray_session) -> None:
     """ASHA-stopped trials die mid-run; Ray Train's cleaner must free their placement groups
     (else the next trial waits forever)."""
-    wait_for(lambda: not live_placement_groups(ray_session), 60, "placement groups removed")
+    wait_until(lambda: not live_placement_groups(ray_session), 60, "placement groups removed")
 
 
 def test_winner_loads_in_vanilla_diffusers(search, tiny_models) -> None:
@@ -262,7 +251,7 @@ def test_killed_driver_resumes_and_trains_nothing_twice(
         stderr=subprocess.DEVNULL,
     )
     try:
-        finished, interrupted = wait_for(
+        finished, interrupted = wait_until(
             lambda: finished_and_interrupted(experiment), 300, "a finished + a checkpointed trial"
         )
     finally:

@@ -24,26 +24,13 @@ from bluepri import storage
 from bluepri.artifacts import FAILED, RENDERED
 from bluepri.errors import error_line
 from bluepri.render.actors import unpack_pixels
+from bluepri.render.plan import PLAN_COLUMNS
 
 TEXT_CHUNKS = (b"tEXt", b"iTXt", b"zTXt")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-METADATA_KEYS = (
-    "prompt",
-    "prompt_2",
-    "negative_prompt",
-    "negative_prompt_2",
-    "seed",
-    "width",
-    "height",
-    "steps",
-    "guidance_scale",
-    "refine",
-    "high_noise_frac",
-    "adapter",
-    "adapter_sha256",
-    "adapter_scale",
-    "base_model",
-    "refiner_model",
+# What a PNG carries about how it was made: the plan's columns but the row's bookkeeping.
+METADATA_KEYS = tuple(
+    c for c in PLAN_COLUMNS if c not in ("id", "row", "image_path", "request_sha256")
 )
 
 
