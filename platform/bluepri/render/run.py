@@ -38,6 +38,7 @@ from bluepri.render.pipeline import run_pipeline
 from bluepri.render.plan import AdapterPins, RowError, new_plan_dir, plan_catalogue
 from bluepri.render.progress import Progress, duration
 from bluepri.runtime import ensure_ray
+from bluepri.telemetry import count_failed
 
 
 class RenderResult(BaseModel):
@@ -153,6 +154,11 @@ def render(config: RenderConfig, log: Callable[[str], None] = print) -> RenderRe
 
         if plan.to_render:
             ensure_ray()
+            # The writer counts the pipeline's rows; the rows the plan's checks failed never
+            # get there. Counted here, once this driver is a Ray worker whose metrics export
+            # (a job with nothing to render starts no Ray, and counts none).
+            for code, rows in plan.failed.items():
+                count_failed(code, rows)
             run_pipeline(config, plan.files, out, pins.registry_root, finished_block)
         storage.delete_dir(storage.join(out, ".plan"))
         manifest = consolidate(out, plan.rows, log)

@@ -25,6 +25,7 @@ from bluepri.artifacts import FAILED, RENDERED
 from bluepri.errors import error_line
 from bluepri.render.actors import unpack_pixels
 from bluepri.render.plan import PLAN_COLUMNS
+from bluepri.telemetry import count_failed, count_rendered
 
 TEXT_CHUNKS = (b"tEXt", b"iTXt", b"zTXt")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -125,6 +126,9 @@ def write_images(out: str):
                     )
             if record["status"] == FAILED:
                 record["image_path"] = record["image_sha256"] = None
+                count_failed(record["error_code"])
+            else:
+                count_rendered(record.get("adapter"), record["seconds"])
             records.append(record)
         return as_table(records)
 

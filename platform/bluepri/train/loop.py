@@ -31,6 +31,7 @@ from bluepri import storage
 from bluepri.artifacts import LOSS_CURVE, METRICS_JSON, VALIDATION_DIR
 from bluepri.config import ModelsConfig, TrainConfig
 from bluepri.data.encode import encode_prompts
+from bluepri.telemetry import train_metrics
 from bluepri.train.artifact import publish_folder, write_adapter
 from bluepri.train.checkpoint import (
     TrainState,
@@ -104,6 +105,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     grad_scaler = build_grad_scaler(config, device)
     params = models.parameters()
     run = WorkerRun(rank, models, optimizer, lr_scheduler, grad_scaler)
+    worker_metrics = train_metrics(loop_config["run_name"], rank)  # dashboards/training.json
 
     # 2. Data: the cache's rows, in memory; the order comes from (seed, epoch, rank).
     train_rows = read_split(plan.cache_uri, "train")
@@ -204,8 +206,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 state.global_step += 1
                 state.next_batch = group.stop
                 lr = lr_scheduler.get_last_lr()[0]
-                samples = sum(len(b["caption"]) for b in micro_batches) * world_size
+                local_samples = sum(len(b["caption"]) for b in micro_batches)
+                samples = local_samples * world_size
                 seconds = time.perf_counter() - started
+                worker_metrics.step(step_loss, lr, local_samples, seconds)
                 window.add(step_loss, samples, seconds)
                 state.samples_seen += samples
                 state.train_seconds += seconds
@@ -229,6 +233,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 )
                 if val_loss is not None:
                     tracker.log({"val_loss": val_loss}, step=state.global_step)
+                    if rank == 0:  # the same number on every rank: one series per run
+                        worker_metrics.validation(val_loss)
                 sample_grid(
                     models, config, plan, epoch + 1, state.global_step, rank, world_size, tracker
                 )

@@ -180,10 +180,14 @@ def fitted_concurrency(config: SearchConfig, train: TrainConfig) -> int:
 
 
 def build_tuner(config: SearchConfig, base: TrainConfig, trials_root: str, validations: int):
-    """A fresh Tuner: OptunaSearch (seeded TPE) + ASHA on the validation loss."""
+    """A fresh Tuner: OptunaSearch (seeded TPE) + ASHA on the validation loss; the search's
+    metrics (trials by state, best loss) from the driver. `Tuner.restore` brings the same
+    callbacks back: the RunConfig is part of the saved Tuner."""
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
+
+    from bluepri.tune.metrics import TuneMetricsCallback
 
     search = OptunaSearch(
         metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=config.seed)
@@ -201,6 +205,7 @@ def build_tuner(config: SearchConfig, base: TrainConfig, trials_root: str, valid
             name=config.experiment_name,
             storage_path=experiment_path(config).rsplit("/", 1)[0],
             failure_config=tune.FailureConfig(max_failures=1),
+            callbacks=[TuneMetricsCallback(config.experiment_name, METRIC)],
         ),
     )
 
