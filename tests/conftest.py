@@ -64,9 +64,19 @@ EXTRA_ADAPTER = "extra"  # three more versions, for the adapter LRU
 SERVED_FIXTURE = "served_app"
 
 
+CLUSTER_FIXTURE = "local_cluster"
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests on the served app run last: its replicas hold CPUs until the session ends."""
-    items.sort(key=lambda item: SERVED_FIXTURE in getattr(item, "fixturenames", ()))
+    """Tests on the local multi-node cluster run first, before the session's Ray exists
+    (`ray stop` ends every Ray on the machine); tests on the served app run last: its
+    replicas hold CPUs until the session ends."""
+
+    def order(item) -> int:
+        fixtures = getattr(item, "fixturenames", ())
+        return 0 if CLUSTER_FIXTURE in fixtures else 2 if SERVED_FIXTURE in fixtures else 1
+
+    items.sort(key=order)
 
 
 def free_port() -> int:
@@ -136,18 +146,14 @@ def served_config(registry_root: Path, keys_file: Path):
     )  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def served_app(ray_session, tiny_models, tmp_path_factory: pytest.TempPathFactory):
-    """The Serve app on the session's Ray, with a registry of real adapters and an API key."""
+def served_registry(root: Path):
+    """A registry of real adapters (SERVED_ADAPTER: 2 versions, EXTRA_ADAPTER: 3, each with
+    v0001 the champion) and a file holding one API key: (registry, api_key, keys_file)."""
     import secrets
-
-    from ray import serve
 
     from bluepri.models.tiny import save_random_adapter as make_adapter
     from bluepri.registry import AdapterRegistry
-    from bluepri.serve.deploy import start, stop
 
-    root = tmp_path_factory.mktemp("served")
     registry = AdapterRegistry(root / "registry")
     for seed, name in enumerate([SERVED_ADAPTER] * 2 + [EXTRA_ADAPTER] * 3):
         registry.put(make_adapter(root / f"adapter-{seed}", seed), name)
@@ -156,6 +162,17 @@ def served_app(ray_session, tiny_models, tmp_path_factory: pytest.TempPathFactor
     api_key = secrets.token_urlsafe(24)
     keys_file = root / "api-keys"
     keys_file.write_text(f"# test keys\n{api_key}\n")
+    return registry, api_key, keys_file
+
+
+@pytest.fixture(scope="session")
+def served_app(ray_session, tiny_models, tmp_path_factory: pytest.TempPathFactory):
+    """The Serve app on the session's Ray, with a registry of real adapters and an API key."""
+    from ray import serve
+
+    from bluepri.serve.deploy import start, stop
+
+    registry, api_key, keys_file = served_registry(tmp_path_factory.mktemp("served"))
     config = served_config(registry.uri, keys_file)
     url = start(config)
     yield ServedApp(url, api_key, registry, SERVED_ADAPTER, config)

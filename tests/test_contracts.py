@@ -62,9 +62,51 @@ def test_overrides_follow_the_config_fields_types(tmp_path: Path) -> None:
     assert loaded.validation_prompt == "yes" and loaded.seed == 7
 
 
+def test_dotted_overrides_set_one_key_of_a_sub_config(tmp_path: Path) -> None:
+    from bluepri.config import ModelsConfig, RenderConfig, SearchConfig, parse_overrides
+
+    render_file = tmp_path / "render.yaml"
+    render_file.write_text(
+        yaml.safe_dump(
+            {
+                "catalogue": "c.csv",
+                "out": "o",
+                "models": {"base": "tiny:base", "refiner": "tiny:refiner", "dtype": "float16"},
+            }
+        )  # fmt: skip
+    )
+    render = load_yaml(
+        render_file, RenderConfig, parse_overrides(RenderConfig, ["models.device=cuda:1",
+                                                                  "models.refiner=null"])
+    )  # fmt: skip
+    # The file's other model keys stay; the dotted ones are typed by ModelsConfig, and null
+    # unsets the file's refiner so ModelsConfig's default holds.
+    assert (render.models.base, render.models.dtype) == ("tiny:base", "float16")
+    assert render.models.device == "cuda:1"
+    assert render.models.refiner == ModelsConfig().refiner != "tiny:refiner"
+
+    search_file = tmp_path / "search.yaml"
+    search_file.write_text(
+        yaml.safe_dump(
+            {
+                "space": {"learning_rate": {"kind": "loguniform", "low": 1e-4, "high": 1e-3}},
+                "train": {"resolution": 64, "num_workers": 2},
+            }
+        )  # fmt: skip
+    )
+    items = ["train.num_workers=4", "train.mixed_precision=no", "train.train_data_dir=/d/no"]
+    search = load_yaml(search_file, SearchConfig, parse_overrides(SearchConfig, items))
+    assert search.train == {"resolution": 64, "num_workers": 4, "mixed_precision": "no",
+                            "train_data_dir": "/d/no"}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("item", "message"),
-    [("nonsense=1", "unknown key 'nonsense'"), ("no_equals_sign", "not key=value")],
+    [
+        ("nonsense=1", "unknown key 'nonsense'"),
+        ("no_equals_sign", "not key=value"),
+        ("learning_rate.x=1", "'learning_rate' has no keys to set"),
+    ],
 )
 def test_bad_overrides_are_one_line(item: str, message: str) -> None:
     from bluepri.config import parse_overrides

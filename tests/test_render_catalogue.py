@@ -260,6 +260,7 @@ def test_the_job_config_is_valid_and_a_bad_job_exits_2(
     import importlib.util
 
     from bluepri.config import load_yaml
+    from bluepri.jobrun import EXIT_BAD_CONFIG
 
     jobs = Path(__file__).resolve().parent.parent / "jobs"
     config = load_yaml(jobs / "configs" / "render_catalogue.yaml", RenderConfig)
@@ -273,6 +274,6 @@ def test_the_job_config_is_valid_and_a_bad_job_exits_2(
             "catalogue=" + str(tmp_path / "missing.csv"),
         ]
     )
-    assert code == job.EXIT_BAD_CONFIG
+    assert code == EXIT_BAD_CONFIG
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["status"] == "bad_config" and "not found" in last["error"]

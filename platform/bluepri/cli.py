@@ -13,7 +13,6 @@ from typing import Any
 import typer
 
 from bluepri.config import (
-    UNSET,
     DemoConfig,
     ModelsConfig,
     PrepareConfig,
@@ -22,7 +21,9 @@ from bluepri.config import (
     ServeConfig,
     SynthConfig,
     TrainConfig,
+    apply_overrides,
     build_config,
+    combine_overrides,
     load_yaml,
     parse_overrides,
 )
@@ -38,6 +39,23 @@ models_app = typer.Typer(help="Model references and the tiny offline models.", n
 data_app = typer.Typer(help="Datasets: synthetic blueprints, preparation.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def choose_cluster(
+    address: str = typer.Option(
+        None,
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="Ray cluster (GCS host:port) to run on; default: a local Ray of this command's own.",
+    ),
+) -> None:
+    """SDXL + LoRA for blueprint synthesis on Ray."""
+    from bluepri.runtime import ADDRESS_ENV
+
+    # Ray reads RAY_ADDRESS itself: a flag given sets it for this process and its workers.
+    if address:
+        os.environ[ADDRESS_ENV] = address
 
 
 def config_from(model: type, config_file: Path | None, values: dict[str, Any]):
@@ -497,17 +515,16 @@ def render_command(
     Any RenderConfig key as KEY=VALUE, e.g. `steps=4 width=512 base_actors=2
     refiner_actors=1`. Exit code 1 when any row failed (see the manifest's error column).
     """
-    overrides = parse_overrides(RenderConfig, ctx.args)
-    values = {
+    flags = {
         "catalogue": catalogue,
         "out": out,
         "adapter": adapter,
         "registry": registry,
         "models": ModelsConfig.tiny().model_dump() if tiny else None,
-        **overrides,
     }
+    values = combine_overrides(flags, parse_overrides(RenderConfig, ctx.args))
     if config is None:
-        values = {k: v for k, v in values.items() if v is not UNSET}
+        values = apply_overrides({}, values)  # no file: UNSET keys are simply left out
     cfg = config_from(RenderConfig, config, values)
     from bluepri.render import render  # heavy imports only once the config is valid
 

@@ -7,6 +7,7 @@ input fails before any work starts, with one clear line.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -102,12 +103,37 @@ def load_yaml(
         raise BluepriError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
     if not isinstance(values, dict):
         raise BluepriError(f"config file {path} must hold a mapping of keys to values")
-    for key, value in (overrides or {}).items():
+    return build_config(model, apply_overrides(values, overrides or {}))
+
+
+class NestedOverride(dict):
+    """Overrides of some keys of a sub-config (`models.device=cuda`, `train.num_workers=4`):
+    merged into it, where a plain dict value would replace it whole."""
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`values` with `overrides` applied (None: not given; UNSET: remove the key)."""
+    merged = dict(values)
+    for key, value in overrides.items():
         if value is UNSET:
-            values.pop(key, None)
+            merged.pop(key, None)
+        elif isinstance(value, NestedOverride):
+            current = merged.get(key)
+            merged[key] = apply_overrides(current if isinstance(current, dict) else {}, value)
         elif value is not None:
-            values[key] = value
-    return build_config(model, values)
+            merged[key] = value
+    return merged
+
+
+def combine_overrides(flags: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Flags (None: not given), then `key=value` overrides on top, as one overrides mapping
+    for `load_yaml` or `apply_overrides`: a dotted override still merges into the file's
+    sub-config, with the flag's keys of that sub-config included."""
+    combined = apply_overrides({k: v for k, v in flags.items() if v is not None}, overrides)
+    for key, value in overrides.items():
+        if isinstance(value, NestedOverride):
+            combined[key] = NestedOverride(combined[key])
+    return combined
 
 
 def parse_overrides(model: type[BaseModel], items: list[str]) -> dict[str, Any]:
@@ -116,7 +142,8 @@ def parse_overrides(model: type[BaseModel], items: list[str]) -> dict[str, Any]:
     A value the field accepts as written stays a string for pydantic to convert
     (`mixed_precision=no` is the string "no", not YAML 1.1's false; `train_data_dir=data/no`
     a path); otherwise it is read as YAML (`lora_targets=[to_q, to_v]`). `key=null` unsets
-    the key so the field's default holds.
+    the key so the field's default holds. A dotted key sets one key of a sub-config
+    (`models.device=cuda`; `train.num_workers=4` in a search's train mapping).
     """
     overrides: dict[str, Any] = {}
     for item in items:
@@ -124,14 +151,75 @@ def parse_overrides(model: type[BaseModel], items: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise BluepriError(f"override {item!r} is not key=value")
-        field = model.model_fields.get(key)
-        if field is None:
-            raise BluepriError(
-                f"unknown key {key!r} in override {item!r}; {model.__name__} has "
-                + ", ".join(sorted(model.model_fields))
-            )
-        overrides[key] = typed_override(field.annotation, raw)
+        head, value = parse_override(model, key, raw, item)
+        previous = overrides.get(head)
+        if isinstance(previous, NestedOverride) and isinstance(value, NestedOverride):
+            value = NestedOverride(apply_nested(previous, value))
+        overrides[head] = value
     return overrides
+
+
+def apply_nested(into: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(into)
+    for key, value in more.items():
+        if isinstance(value, NestedOverride) and isinstance(merged.get(key), NestedOverride):
+            value = NestedOverride(apply_nested(merged[key], value))
+        merged[key] = value
+    return merged
+
+
+def parse_override(model: type[BaseModel], key: str, raw: str, item: str) -> tuple[str, Any]:
+    """(top-level key, typed value) of one override, `key` possibly dotted."""
+    head, dot, rest = key.partition(".")
+    field = model.model_fields.get(head)
+    if field is None:
+        raise BluepriError(
+            f"unknown key {head!r} in override {item!r}; {model.__name__} has "
+            + ", ".join(sorted(model.model_fields))
+        )
+    if not dot:
+        return head, typed_override(field.annotation, raw)
+    sub = sub_config(field.annotation)
+    if sub is not None:
+        inner, value = parse_override(sub, rest, raw, item)
+        return head, NestedOverride({inner: value})
+    if mapping_field(field.annotation):
+        return head, nested_mapping(rest, mapping_value(raw))
+    raise BluepriError(f"{head!r} has no keys to set: override {item!r}")
+
+
+def sub_config(annotation: Any) -> type[BaseModel] | None:
+    """The config class a field holds (also inside `X | None`), if it holds one."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def mapping_field(annotation: Any) -> bool:
+    return any(
+        typing.get_origin(candidate) is dict or candidate is dict
+        for candidate in (annotation, *typing.get_args(annotation))
+    )
+
+
+def nested_mapping(dotted: str, value: Any) -> NestedOverride:
+    head, dot, rest = dotted.partition(".")
+    return NestedOverride({head: nested_mapping(rest, value) if dot else value})
+
+
+def mapping_value(raw: str) -> Any:
+    """A value for a free-form mapping (a search's `train` keys): YAML, except that words YAML
+    1.1 reads as booleans (`no`, `off`) stay words unless they are `true`/`false`."""
+    if raw.strip() in ("null", "~", "None"):
+        return UNSET
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        return raw
+    return value
 
 
 def typed_override(annotation: Any, raw: str) -> Any:
