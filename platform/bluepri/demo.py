@@ -8,19 +8,28 @@ ASHA) and promotes the winner only if it beats that champion, then renders a cat
 prompts on Ray Data (`bluepri.render`: base and refiner actor pools) through the paper's
 two-stage base -> refiner process with both prompts, with and without the champion, into
 a manifest, contact sheets and an HTML gallery.
+
+The base model draws plain drawings (dark ink on paper; the tiny drawing models are
+pretrained on the synthetic set's `paper` style) and the adapter learns blueprints, so the
+demo's contact sheet, base | adapter on the same prompts and seeds, shows the paper's effect,
+and the blueprint palette score (`bluepri.eval.palette`) of both columns measures it. The
+terminal tells one line per step; the libraries' own output goes to `demo.log`.
 Everything lands in one output folder. Each stage that lands adds its step here.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import socket
+import textwrap
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel
 
 from bluepri import artifacts
@@ -36,11 +45,14 @@ from bluepri.config import (
 )
 from bluepri.data.prepare import CacheInfo, prepare
 from bluepri.data.synth import synthesize
+from bluepri.demolog import heartbeat, quiet_terminal
 from bluepri.errors import BluepriError
+from bluepri.eval import DrawingStats, PaletteScore, blueprint_score, drawing_stats
 from bluepri.generate import GenerationRequest
-from bluepri.imaging import contact_sheet
+from bluepri.imaging import LABEL_COLOUR, SHEET_BACKGROUND, contact_sheet, fit_to_cell
 from bluepri.registry import AdapterRegistry
 from bluepri.render import render
+from bluepri.render.pipeline import quiet_data_context
 from bluepri.storage import output_folder
 from bluepri.train import train
 from bluepri.tune import TuneResult, tune
@@ -61,6 +73,17 @@ CATALOGUE_PROMPTS = (
 )
 NEGATIVE_PROMPT = "photo, colour photograph, blurry"
 ADAPTER_NAME = "blueprints"
+DEMO_LOG = "demo.log"  # under the output folder: the libraries' output
+SCORES_JSON = "scores.json"
+LIBRARIES_LOGGING_ON_IMPORT = ("ray.data", "diffusers", "transformers", "optuna")
+
+
+class ImageScores(BaseModel):
+    """Palette shares and drawing statistics of one group of images (means over images)."""
+
+    images: int
+    palette: PaletteScore
+    drawing: DrawingStats
 
 
 class DemoResult(BaseModel):
@@ -77,6 +100,11 @@ class DemoResult(BaseModel):
     contact_sheet: str
     gallery: str = ""  # the rendered catalogue's HTML gallery
     served: list[str] = []  # PNGs fetched from the HTTP service
+    # Blueprint palette and drawing statistics of "training_set", "base" and "adapter"
+    # (the catalogue's renders without and with the champion), also in scores_file.
+    scores: dict[str, ImageScores] = {}
+    scores_file: str = ""
+    log_file: str = ""  # what Ray, Tune and the model libraries said during the demo
 
 
 def catalogue_requests(config: DemoConfig) -> list[GenerationRequest]:
@@ -101,40 +129,39 @@ def catalogue_requests(config: DemoConfig) -> list[GenerationRequest]:
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
-    """Run every landed stage on the tiny models and the synthetic set."""
+    """Run every landed stage on the tiny models and the synthetic set; tell it as a story on
+    the terminal, the libraries' own output in `<out>/demo.log`."""
     out = output_folder(config.out_dir).resolve()  # stages run in other working dirs
     requests = catalogue_requests(config)  # validate everything before the first step
+    started = time.perf_counter()
+    log(f"bluepri demo: {config.models.base} + a blueprint LoRA, everything under {out}")
+    configure_library_logging()
+    with quiet_terminal(out / DEMO_LOG, log) as say, quiet_data_context():
+        say(f"  (Ray's, Tune's and the model libraries' own output: {out / DEMO_LOG})")
+        result = run_steps(config, requests, out, say)
+        for line in closing_lines(result, time.perf_counter() - started):
+            say(line)
+    return result
 
-    log(f"[1/6] synthesising {config.dataset_size} blueprints")
-    dataset = synthesize(
-        SynthConfig(out_dir=str(out / "dataset"), num_images=config.dataset_size, seed=config.seed)
-    )
-    dataset_sheet = out / "dataset_sheet.png"
-    sample = sorted(Path(dataset.out_dir).glob("*.png"))[:12]
-    contact_sheet([Image.open(p) for p in sample], [p.stem for p in sample], cell=160).save(
-        dataset_sheet
-    )
 
-    log("[2/6] preparing the training cache (Ray Data: validate, dedup, caption, encode)")
-    cache = prepare(
-        PrepareConfig(
-            source=dataset.out_dir,
-            out=str(out / "cache"),
-            resolution=config.size,
-            center_crop=True,
-            random_flip=True,
-            base=config.models.base,
-            vae=config.models.vae,
-            captioner=config.captioner,
-            val_fraction=0.25,  # enough held-out drawings to compare adapters on
-        ),
-        log=log,
-    )
-    log(f"  cache: {cache.uri}")
+def run_steps(
+    config: DemoConfig, requests: list[GenerationRequest], out: Path, say: Callable[[str], None]
+) -> DemoResult:
+    """The six steps, each announced by one line; sub-steps' lines indented under it."""
+    indented = indent(say)
+    say(f"[1/6] synthesising {config.dataset_size} blueprint drawings (white lines on blue)")
+    dataset_dir, dataset_sheet = synthesise_dataset(config, out)
+    say(f"  {dataset_dir} (a sample: {dataset_sheet})")
 
-    log(f"[3/6] training a LoRA adapter on Ray Train ({config.train_workers} workers)")
-    trained = train(demo_train_config(config, cache.uri, out), log=log)
-    log(
+    say("[2/6] preparing the training cache (Ray Data: validate, dedup, caption, encode)")
+    with heartbeat(say, "preparing"):
+        cache = prepare(demo_prepare_config(config, dataset_dir, out), log=indented)
+    say(f"  cache: {cache.uri}")
+
+    say(f"[3/6] training a LoRA adapter on Ray Train ({config.train_workers} workers)")
+    with heartbeat(say, "training"):
+        trained = train(demo_train_config(config, cache.uri, out), log=indented)
+    say(
         f"  adapter: {trained.adapter}  held-out loss {trained.initial_val_loss:.4f} -> "
         f"{trained.final_val_loss:.4f}"
     )
@@ -143,47 +170,200 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResu
     if registry.champion(ADAPTER_NAME) is None:
         registry.promote(ADAPTER_NAME, first.version, reason="the demo's first training run")
 
-    search = None
-    if config.tune_trials:
-        log(
-            f"[4/6] searching learning rate, rank and snr_gamma: {config.tune_trials} trials on "
-            "the same cache (Ray Tune + Optuna TPE + ASHA)"
-        )
-        search_config = demo_search_config(config, cache.uri, out)
-        # A second `make demo` resumes the finished search instead of training it again.
-        search = tune(search_config, resume=search_exists(search_config), log=lambda _: None)
-        for line in summary_lines(search):
-            log(f"  {line}")
+    search = run_search(config, cache.uri, out, say)
     champion = registry.get(ADAPTER_NAME, "champion")
-    log(f"  champion: {ADAPTER_NAME}/{registry.champion(ADAPTER_NAME)}")
+    say(f"  champion: {ADAPTER_NAME}/{registry.champion(ADAPTER_NAME)}")
 
-    log("[5/6] serving the registry over HTTP (Ray Serve: Ingress -> Base -> Refiner)")
-    served = serve_demo(config, out, registry, log)
+    say("[5/6] serving the registry over HTTP (Ray Serve: Ingress -> Base -> Refiner)")
+    served = serve_demo(config, out, registry, say)
 
-    log(
+    say(
         f"[6/6] rendering {len(requests)} catalogue prompts on Ray Data (base and refiner "
-        "actor pools), with the base model and with the champion adapter"
+        "actor pools), with the base model alone and with the champion adapter"
     )
-    rendered = render(demo_render_config(config, requests, out, registry), log=log)
-    rows = artifacts.read_render_manifest(rendered.out).to_pylist()
-    paths = [str(Path(rendered.out) / row["image_path"]) for row in rows]
-    labels = [f"{row['id'].split('-')[-1]}: {row['prompt']}" for row in rows]
+    rendered = render(demo_render_config(config, requests, out, registry), log=indented)
+    pairs = rendered_pairs(rendered.out)
     sheet = out / "contact_sheet.png"
-    contact_sheet([Image.open(path) for path in paths], labels).save(sheet)
-    log(f"  gallery: {rendered.gallery}")
+    side_by_side_sheet(
+        [(Image.open(base), Image.open(lora)) for _, base, lora in pairs],
+        [label for label, _, _ in pairs],
+    ).save(sheet)
+    scores = demo_scores(dataset_dir, pairs)
+    (out / SCORES_JSON).write_text(
+        json.dumps({k: v.model_dump() for k, v in scores.items()}, indent=2) + "\n"
+    )
+    for line in score_lines(scores):
+        say(f"  {line}")
     return DemoResult(
         out_dir=str(out),
-        dataset_dir=dataset.out_dir,
+        dataset_dir=dataset_dir,
         dataset_sheet=str(dataset_sheet),
         cache=cache,
         adapter=trained.adapter,
         search=search,
         champion=str(champion),
-        images=paths,
+        images=[path for _, base, lora in pairs for path in (base, lora)],
         contact_sheet=str(sheet),
         gallery=rendered.gallery,
         served=served,
+        scores=scores,
+        scores_file=str(out / SCORES_JSON),
+        log_file=str(out / DEMO_LOG),
     )
+
+
+def synthesise_dataset(config: DemoConfig, out: Path) -> tuple[str, Path]:
+    """The training set (the default style: white line work on blueprint blue) and a contact
+    sheet of its first drawings."""
+    dataset = synthesize(
+        SynthConfig(out_dir=str(out / "dataset"), num_images=config.dataset_size, seed=config.seed)
+    )
+    sheet = out / "dataset_sheet.png"
+    sample = sorted(Path(dataset.out_dir).glob("*.png"))[:12]
+    contact_sheet([Image.open(p) for p in sample], [p.stem for p in sample], cell=160).save(sheet)
+    return dataset.out_dir, sheet
+
+
+def run_search(
+    config: DemoConfig, cache_uri: str, out: Path, say: Callable[[str], None]
+) -> TuneResult | None:
+    """Step 4: the search on the same cache, promoting its winner if it beats the champion."""
+    if not config.tune_trials:
+        say("[4/6] searching: skipped (tune_trials is 0)")
+        return None
+    say(
+        f"[4/6] searching learning rate, rank and snr_gamma: {config.tune_trials} trials on "
+        "the same cache (Ray Tune + Optuna TPE + ASHA)"
+    )
+    search_config = demo_search_config(config, cache_uri, out)
+    with heartbeat(say, "searching"):
+        # A second `make demo` resumes the finished search instead of training it again.
+        search = tune(search_config, resume=search_exists(search_config), log=lambda _: None)
+    for line in summary_lines(search):
+        say(f"  {line}")
+    return search
+
+
+def indent(say: Callable[[str], None]) -> Callable[[str], None]:
+    """A stage's own lines, indented under the step that runs it."""
+    return lambda line: say(f"  {line}")
+
+
+def configure_library_logging() -> None:
+    """Import the libraries that set up their loggers on import, before `quiet_terminal`
+    saves those loggers: set up inside it, they would not be put back as they were."""
+    for module in LIBRARIES_LOGGING_ON_IMPORT:
+        importlib.import_module(module)
+
+
+def closing_lines(result: DemoResult, seconds: float) -> list[str]:
+    """Where to look once the demo is done."""
+    return [
+        f"done in {seconds / 60:.1f} min. Look at:",
+        f"  {result.contact_sheet}  prompts in rows: base model | with the adapter",
+        f"  {result.gallery}  every render, with its prompt and settings",
+        f"  {result.dataset_sheet}  the training drawings",
+        f"  {result.scores_file}  blueprint palette scores",
+        f"  {result.log_file}  what Ray, Tune and the model libraries said",
+    ]
+
+
+# -- side by side: the base model and the adapter on the same prompts and seeds -----------
+
+SHEET_PAD = 8
+SHEET_LABEL_WIDTH = 220
+SHEET_HEADER = 20
+SHEET_TITLES = ("base model", "with the LoRA adapter")
+
+
+def pair_cell_origin(row: int, column: int, cell: int) -> tuple[int, int]:
+    """Top-left corner of the cell of `row` (a prompt) and `column` (0 base, 1 adapter)."""
+    x = SHEET_PAD + SHEET_LABEL_WIDTH + SHEET_PAD + column * (cell + SHEET_PAD)
+    return x, SHEET_HEADER + SHEET_PAD + row * (cell + SHEET_PAD)
+
+
+def side_by_side_sheet(
+    pairs: Sequence[tuple[Image.Image, Image.Image]],
+    labels: Sequence[str],
+    *,
+    cell: int = 160,
+    titles: tuple[str, str] = SHEET_TITLES,
+) -> Image.Image:
+    """One row per prompt: its label, then the two renders, each scaled to fit a cell and
+    centred in it; the columns titled on top."""
+    if not pairs:
+        raise ValueError("a side-by-side sheet needs at least one pair")
+    if len(labels) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(labels)} labels")
+    x_end, y_end = pair_cell_origin(len(pairs), 2, cell)
+    sheet = Image.new("RGB", (x_end, y_end), SHEET_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for column, title in enumerate(titles):
+        draw.text((pair_cell_origin(0, column, cell)[0], 4), title, fill=LABEL_COLOUR, font=font)
+    lines_per_cell = max(1, cell // 12)
+    for row, (pair, label) in enumerate(zip(pairs, labels, strict=True)):
+        for column, image in enumerate(pair):
+            x, y = pair_cell_origin(row, column, cell)
+            thumb = fit_to_cell(image.convert("RGB"), cell)
+            sheet.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+        y = pair_cell_origin(row, 0, cell)[1]
+        for n, line in enumerate(textwrap.wrap(label, SHEET_LABEL_WIDTH // 6)[:lines_per_cell]):
+            draw.text((SHEET_PAD, y + n * 12), line, fill=LABEL_COLOUR, font=font)
+    return sheet
+
+
+def rendered_pairs(render_out: str) -> list[tuple[str, str, str]]:
+    """(label, base PNG, adapter PNG) per catalogue prompt whose two renders both landed."""
+    rows = artifacts.read_render_manifest(render_out).to_pylist()
+    done = {row["id"]: row for row in rows if row["status"] == artifacts.RENDERED}
+    pairs = []
+    for row_id, row in done.items():
+        index, _, tag = row_id.rpartition("-")
+        lora = done.get(f"{index}-lora")
+        if tag != "base" or lora is None:
+            continue
+        style = f" / {row['prompt_2']}" if row["prompt_2"] else ""
+        label = f"{int(index)}: {row['prompt']}{style}"
+        path = Path(render_out)
+        pairs.append((label, str(path / row["image_path"]), str(path / lora["image_path"])))
+    return pairs
+
+
+# -- scores: how much the renders look like blueprints ------------------------------------
+
+
+def group_scores(paths: Sequence[str | Path]) -> ImageScores:
+    images = [Image.open(path).convert("RGB") for path in paths]
+    return ImageScores(
+        images=len(images), palette=blueprint_score(images), drawing=drawing_stats(images)
+    )
+
+
+def demo_scores(dataset_dir: str, pairs: list[tuple[str, str, str]]) -> dict[str, ImageScores]:
+    """The training drawings (what the adapter learns towards), the base model's renders and
+    the adapter's renders of the same prompts and seeds."""
+    scores = {"training_set": group_scores(sorted(Path(dataset_dir).glob("*.png")))}
+    if pairs:
+        scores["base"] = group_scores([base for _, base, _ in pairs])
+        scores["adapter"] = group_scores([lora for _, _, lora in pairs])
+    return scores
+
+
+def score_lines(scores: dict[str, ImageScores]) -> list[str]:
+    """The scores for people: base against adapter, the training set for reference."""
+    if "base" not in scores:
+        return ["no prompt rendered both with and without the adapter: nothing to compare"]
+    base, adapter, reference = scores["base"], scores["adapter"], scores["training_set"]
+    return [
+        f"blueprint score: base {base.palette.blueprint:.2f}, adapter "
+        f"{adapter.palette.blueprint:.2f} (share of pixels in the blueprint palette: blue "
+        f"ground, light lines; the training drawings {reference.palette.blueprint:.2f})",
+        f"paper score: base {base.palette.paper:.2f}, adapter {adapter.palette.paper:.2f} "
+        "(share in the paper palette: white or cream ground, dark ink)",
+        f"uniform background: base {base.drawing.uniform_background:.2f}, adapter "
+        f"{adapter.drawing.uniform_background:.2f} (drawings > 0.5, noise < 0.2)",
+    ]
 
 
 def serve_demo(
@@ -263,6 +443,21 @@ def post_json(url: str, body: dict) -> tuple[bytes, dict[str, str]]:
             return response.read(), {k.lower(): v for k, v in response.headers.items()}
     except urllib.error.HTTPError as err:
         raise BluepriError(f"serve answered {err.code}: {err.read()[:300]!r}") from None
+
+
+def demo_prepare_config(config: DemoConfig, dataset_dir: str, out: Path) -> PrepareConfig:
+    """The synthetic set, cached at the demo's size with its base model's encoders."""
+    return PrepareConfig(
+        source=dataset_dir,
+        out=str(out / "cache"),
+        resolution=config.size,
+        center_crop=True,
+        random_flip=True,
+        base=config.models.base,
+        vae=config.models.vae,
+        captioner=config.captioner,
+        val_fraction=0.25,  # enough held-out drawings to compare adapters on
+    )
 
 
 def demo_recipe(config: DemoConfig, cache_uri: str) -> dict:
