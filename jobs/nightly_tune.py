@@ -12,15 +12,14 @@ Overrides (`key=value`, typed as the SearchConfig field) follow the config file.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import datetime
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Nightly LoRA hyperparameter search.")
-    parser.add_argument("config", help="YAML with SearchConfig keys")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    from bluepri.jobrun import config_job_parser
+
+    parser = config_job_parser("Nightly LoRA hyperparameter search.", "YAML with SearchConfig keys")
     parser.add_argument("--resume", action="store_true", help="continue tonight's search")
     parser.add_argument("--experiment_name", help="default: <config's name>-<date>")
     args = parser.parse_args(argv)

@@ -10,29 +10,24 @@ Exit codes and the last JSON line: see `bluepri.jobrun` (0 ok, 2 bad config, 3 f
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
+def prepare_stage(config):
+    from bluepri.data.prepare import prepare
+    from bluepri.jobrun import OK, JobOutcome
+
+    info = prepare(config, log=lambda line: print(line, flush=True))
+    return JobOutcome(OK, info, [f"cache: {info.uri}"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare a training cache on Ray Data.")
-    parser.add_argument("config", help="YAML with PrepareConfig keys (the `data prepare` flags)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
+    from bluepri.config import PrepareConfig
+    from bluepri.jobrun import run_config_job
 
-    from bluepri.config import PrepareConfig, load_yaml, parse_overrides
-    from bluepri.jobrun import OK, JobOutcome, run_job
-
-    def work() -> JobOutcome:
-        config = load_yaml(
-            args.config, PrepareConfig, parse_overrides(PrepareConfig, args.overrides)
-        )
-        from bluepri.data.prepare import prepare
-
-        info = prepare(config, log=lambda line: print(line, flush=True))
-        return JobOutcome(OK, info, [f"cache: {info.uri}"])
-
-    return run_job(work)
+    return run_config_job(
+        argv, "Prepare a training cache on Ray Data.", PrepareConfig, prepare_stage
+    )
 
 
 if __name__ == "__main__":

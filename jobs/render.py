@@ -15,27 +15,24 @@ run are kept even if a promotion happened since.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
+def render_stage(config):
+    from bluepri.jobrun import OK, JobOutcome
+    from bluepri.render import render
+
+    result = render(config, log=lambda line: print(line, flush=True))
+    return JobOutcome(OK if result.ok else "rows_failed", result, result.summary_lines())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Render a catalogue of prompts on Ray Data.")
-    parser.add_argument("config", help="YAML with RenderConfig keys")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
+    from bluepri.config import RenderConfig
+    from bluepri.jobrun import run_config_job
 
-    from bluepri.config import RenderConfig, load_yaml, parse_overrides
-    from bluepri.jobrun import OK, JobOutcome, run_job
-
-    def work() -> JobOutcome:
-        config = load_yaml(args.config, RenderConfig, parse_overrides(RenderConfig, args.overrides))
-        from bluepri.render import render
-
-        result = render(config, log=lambda line: print(line, flush=True))
-        return JobOutcome(OK if result.ok else "rows_failed", result, result.summary_lines())
-
-    return run_job(work)
+    return run_config_job(
+        argv, "Render a catalogue of prompts on Ray Data.", RenderConfig, render_stage
+    )
 
 
 if __name__ == "__main__":

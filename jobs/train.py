@@ -13,27 +13,22 @@ line: see `bluepri.jobrun` (0 ok, 2 bad config, 3 failed).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
+def train_stage(config):
+    from bluepri.jobrun import OK, JobOutcome
+    from bluepri.train import train
+
+    result = train(config, log=lambda line: print(line, flush=True))
+    return JobOutcome(OK, result, [f"adapter: {result.adapter}"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fine-tune SDXL LoRA on Ray Train.")
-    parser.add_argument("config", help="YAML file with TrainConfig keys (the train flags)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
+    from bluepri.config import TrainConfig
+    from bluepri.jobrun import run_config_job
 
-    from bluepri.config import TrainConfig, load_yaml, parse_overrides
-    from bluepri.jobrun import OK, JobOutcome, run_job
-
-    def work() -> JobOutcome:
-        config = load_yaml(args.config, TrainConfig, parse_overrides(TrainConfig, args.overrides))
-        from bluepri.train import train
-
-        result = train(config, log=lambda line: print(line, flush=True))
-        return JobOutcome(OK, result, [f"adapter: {result.adapter}"])
-
-    return run_job(work)
+    return run_config_job(argv, "Fine-tune SDXL LoRA on Ray Train.", TrainConfig, train_stage)
 
 
 if __name__ == "__main__":

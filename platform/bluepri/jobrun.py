@@ -11,6 +11,7 @@ with a code a scheduler (KubeRay, cron, Airflow) can act on:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -59,3 +60,28 @@ def run_job(work: Callable[[], JobOutcome]) -> int:
         print(line)
     print(summary_json(outcome.status, outcome.result), flush=True)
     return EXIT_OK if outcome.status == OK else EXIT_PARTIAL
+
+
+def config_job_parser(description: str, config_help: str) -> argparse.ArgumentParser:
+    """`JOB CONFIG.yaml [key=value ...]`: what every job's command line starts with."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (a.b=value: nested)")
+    return parser
+
+
+def run_config_job(
+    argv: list[str] | None,
+    description: str,
+    model: type[BaseModel],
+    stage: Callable[[Any], JobOutcome],
+) -> int:
+    """Parse `CONFIG.yaml key=value ...` into `model` and run `stage` on it as a job."""
+    args = config_job_parser(description, f"YAML with {model.__name__} keys").parse_args(argv)
+
+    def work() -> JobOutcome:
+        from bluepri.config import load_yaml, parse_overrides
+
+        return stage(load_yaml(args.config, model, parse_overrides(model, args.overrides)))
+
+    return run_job(work)
