@@ -1,5 +1,6 @@
 """The synthetic blueprint set: deterministic, complete, captioned in range, blueprint-looking,
-loadable as an imagefolder, and strict about bad input."""
+loadable as an imagefolder, and strict about bad input; its paper style draws the same sheets
+in dark ink on white paper."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import pytest
 from PIL import Image
 
 from bluepri.config import BLUEPRINT_FAMILIES, SynthConfig
-from bluepri.data.synth import Content, SynthResult, build_caption, synthesize
+from bluepri.data.synth import (
+    PADDING,
+    Content,
+    SynthResult,
+    build_caption,
+    drawing,
+    synthesize,
+)
 from bluepri.errors import BluepriError
 
 SMALL = {"min_side": 192, "max_side": 320}  # keeps the tests fast; the drawing code is the same
@@ -162,3 +170,88 @@ def test_loads_as_a_hugging_face_imagefolder(blueprint_set, tmp_path: Path) -> N
     assert {"image", "text", "family"} <= set(train.column_names)
     assert sum(text is None for text in train["text"]) == 6
     assert train[0]["image"].mode == "RGB"
+
+
+# ---------------------------------------------------------------- the paper style
+
+
+def styled(style: str, **values) -> SynthConfig:
+    return SynthConfig(
+        **({"out_dir": "unused", "num_images": 6, "seed": 3} | SMALL | values), style=style
+    )
+
+
+def ink_masks(index: int, config: SynthConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(blueprint line pixels, paper ink pixels, paper RGB) of sheet `index`."""
+    blueprint, _ = drawing(index, config.model_copy(update={"style": "blueprint"}))
+    paper, _ = drawing(index, config.model_copy(update={"style": "paper"}))
+    blue = np.asarray(blueprint.convert("RGB"), float)
+    rgb = np.asarray(paper.convert("RGB"), float)
+    return blue[..., 0] > 128, rgb.mean(axis=-1) < 128, rgb
+
+
+def test_paper_style_is_deterministic_and_draws_the_blueprints_geometry() -> None:
+    config = styled("paper")
+    for index in range(config.num_images):
+        first, caption = drawing(index, config)
+        again, caption_again = drawing(index, config)
+        assert first.tobytes() == again.tobytes() and caption == caption_again
+        lines, ink, _ = ink_masks(index, config)
+        # Same draws, other colours: the paper's ink is the blueprint's line work (up to the
+        # anti-aliased edges of lettering, whose midpoint differs between colour pairs).
+        overlap = (lines & ink).sum() / (lines | ink).sum()
+        assert overlap > 0.95, (index, overlap)
+
+
+def test_paper_is_light_with_dark_ink_and_not_blue() -> None:
+    config = styled("paper", num_images=12)
+    for index in range(config.num_images):
+        _, ink, rgb = ink_masks(index, config)
+        red, blue = rgb[..., 0].mean(), rgb[..., 2].mean()
+        assert rgb.mean() > 190, index  # white or cream ground
+        assert blue <= red + 2, (index, red, blue)  # never a blue ground
+        assert 0.01 < ink.mean() < 0.4, (index, ink.mean())
+        h, w = ink.shape
+        assert ink[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean() > 0.004, index
+
+
+def test_paper_captions_say_drawing_and_never_blueprint(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    short = build_caption(Content("T", "a gear", []), rng, PADDING["paper"])
+    assert short.startswith("a drawing of a gear on white paper") and 30 <= len(short) <= 110
+    config = SynthConfig(out_dir=str(tmp_path), num_images=12, seed=5, style="paper", **SMALL)
+    synthesize(config)
+    blueprint = config.model_copy(update={"style": "blueprint"})
+    for index, row in enumerate(read_rows(tmp_path)):
+        text = row["text"]
+        assert (text is None) == (drawing(index, blueprint)[1] is None)
+        if text is not None:
+            assert text.startswith("a drawing of ") and 30 <= len(text) <= 110, text
+            assert "blue" not in text, text
+
+
+def test_drawing_is_exactly_what_synthesize_writes(tmp_path: Path) -> None:
+    for style in ("blueprint", "paper"):
+        config = SynthConfig(
+            out_dir=str(tmp_path / style), num_images=5, seed=9, style=style, **SMALL
+        )
+        synthesize(config)
+        for index, row in enumerate(read_rows(tmp_path / style)):
+            image, text = drawing(index, config)
+            written = Image.open(tmp_path / style / row["file_name"]).convert("RGB")
+            assert image.convert("RGB").tobytes() == written.tobytes(), (style, index)
+            assert text == row["text"]
+    with pytest.raises(BluepriError, match="outside a set of 5 images"):
+        drawing(5, config)
+
+
+def test_cli_synth_writes_the_paper_style(tmp_path: Path) -> None:
+    from bluepri.cli import main
+
+    out = tmp_path / "paper"
+    argv = ["data", "synth", "--out", str(out), "--num-images", "2", "--style", "paper"]
+    assert main(argv) == 0
+    rows = read_rows(out)
+    pixels = np.asarray(Image.open(out / rows[0]["file_name"]).convert("RGB"), float)
+    assert pixels.mean() > 190
+    assert main([*argv[:-1], "sepia"]) == 2

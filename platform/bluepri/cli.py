@@ -16,6 +16,7 @@ from bluepri.config import (
     DemoConfig,
     ModelsConfig,
     PrepareConfig,
+    PretrainConfig,
     RenderConfig,
     SearchConfig,
     ServeConfig,
@@ -85,12 +86,59 @@ def models_build_tiny(
         typer.echo(f"tiny:{n} -> {folder}")
 
 
+PRETRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def pretrain_help(name: str) -> str:
+    return PretrainConfig.model_fields[name].description or ""
+
+
+@models_app.command("pretrain-tiny", context_settings=PRETRAIN_CONTEXT)
+def models_pretrain_tiny(
+    ctx: typer.Context,
+    out: str = typer.Option(None, help=pretrain_help("out")),
+    device: str = typer.Option(None, help="cpu or cuda."),
+    seed: int = typer.Option(None, help=pretrain_help("seed")),
+    threads: int = typer.Option(None, help=pretrain_help("threads")),
+    workers: int = typer.Option(None, help=pretrain_help("workers")),
+    resolution: int = typer.Option(None, help=pretrain_help("resolution")),
+    pool_size: int = typer.Option(None, "--pool-size", help=pretrain_help("pool_size")),
+    vae_steps: int = typer.Option(None, "--vae-steps", help=pretrain_help("vae_steps")),
+    base_steps: int = typer.Option(None, "--base-steps", help=pretrain_help("base_steps")),
+    refiner_steps: int = typer.Option(None, "--refiner-steps", help=pretrain_help("refiner_steps")),
+    batch_size: int = typer.Option(None, "--batch-size", help="Batch size of all three stages."),
+    fp16: bool = typer.Option(None, "--fp16/--fp32", help=pretrain_help("fp16")),
+    preview: bool = typer.Option(None, "--preview/--no-preview", help=pretrain_help("preview")),
+    config: Path = typer.Option(None, help="YAML with PretrainConfig keys."),
+) -> None:
+    """Pretrain tiny:drawing-base and tiny:drawing-refiner (VAE, base UNet, refiner UNet) on
+    synthetic drawings; writes both pipeline folders and RECIPE.json under --out.
+
+    Any other PretrainConfig key as KEY=VALUE, e.g. `base_lr=2e-4 base_batch_size=256`.
+    """
+    flags = {k: v for k, v in locals().items() if k not in ("ctx", "config", "batch_size")}
+    if batch_size is not None:
+        for stage in ("vae", "base", "refiner"):
+            flags[f"{stage}_batch_size"] = batch_size
+    values = combine_overrides(flags, parse_overrides(PretrainConfig, ctx.args))
+    if config is None:
+        values = apply_overrides({}, values)
+    cfg = config_from(PretrainConfig, config, values)
+    from bluepri.models.pretrain import pretrain_tiny  # heavy imports only once it is valid
+
+    result = pretrain_tiny(cfg, log=typer.echo)
+    for name, stage in result.stages.items():
+        typer.echo(f"{name}: {stage.steps} steps, final loss {stage.final_loss:.5f}")
+    typer.echo(result.recipe)
+
+
 @data_app.command("synth")
 def data_synth(
     out: str = typer.Option(..., help="Output folder (an HF imagefolder)."),
     num_images: int = typer.Option(None, "--num-images", help="How many drawings."),
     seed: int = typer.Option(None, help="Random seed."),
     uncaptioned_fraction: float = typer.Option(None, help="Fraction left for the captioner."),
+    style: str = typer.Option(None, help="blueprint, or paper (dark ink on white paper)."),
     config: Path = typer.Option(None, help="YAML file with the same keys."),
 ) -> None:
     """Write a procedurally generated blueprint set (PNGs + metadata.jsonl)."""
@@ -104,6 +152,7 @@ def data_synth(
             "num_images": num_images,
             "seed": seed,
             "uncaptioned_fraction": uncaptioned_fraction,
+            "style": style,
         },
     )
     result = synthesize(cfg)

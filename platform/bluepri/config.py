@@ -55,6 +55,51 @@ class SynthConfig(StrictModel):
     uncaptioned_fraction: float = Field(0.25, ge=0.0, le=1.0)
     min_side: int = Field(192, ge=64)
     max_side: int = Field(512, ge=64)
+    # The same seed draws the same sheets in either style: white line work on blue
+    # blueprint paper, or dark ink on white/cream paper (the tiny drawing model's base data).
+    style: Literal["blueprint", "paper"] = "blueprint"
+
+
+class PretrainConfig(StrictModel):
+    """The tiny drawing models' pretraining recipe (`bluepri models pretrain-tiny`).
+
+    The defaults are sized for one GPU (a few minutes); tests shrink every number.
+    """
+
+    out: str = Field(description="Folder for drawing-base/, drawing-refiner/ and RECIPE.json.")
+    seed: int = Field(0, description="Seeds the drawings, the weights and every batch.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where to train.")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores).")
+    workers: int = Field(0, ge=0, description="Processes rendering the drawings (0: all cores).")
+    resolution: int = Field(128, ge=64, description="Square drawings, pixels (multiple of 32).")
+    pool_size: int = Field(3000, ge=2, description="Drawings rendered per style.")
+    vae_steps: int = Field(3000, ge=1, description="VAE steps (both styles).")
+    vae_batch_size: int = Field(64, ge=1)
+    vae_lr: float = Field(1e-3, gt=0)
+    kl_weight: float = Field(1e-4, ge=0, description="KL per latent element vs pixel MSE.")
+    base_steps: int = Field(6000, ge=1, description="Base UNet steps (paper style).")
+    base_batch_size: int = Field(128, ge=1)
+    base_lr: float = Field(4e-4, gt=0)
+    refiner_steps: int = Field(2000, ge=1, description="Refiner UNet steps (low noise only).")
+    refiner_batch_size: int = Field(128, ge=1)
+    refiner_lr: float = Field(4e-4, gt=0)
+    refiner_max_timestep: int = Field(300, ge=1, le=1000, description="Refiner's timesteps.")
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="Share trained captionless.")
+    snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting (None: off).")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="UNet weights saved as an EMA.")
+    warmup_steps: int = Field(200, ge=0, description="Linear LR warm-up, then cosine decay.")
+    fp16: bool = Field(True, description="Save VAE and UNet weights in float16.")
+    cuda_graphs: bool = Field(True, description="On cuda, replay each step as CUDA graphs.")
+    log_every: int = Field(250, ge=1, description="Steps per loss line and history point.")
+    preview: bool = Field(True, description="Write preview.png: base and base+refiner samples.")
+
+    @field_validator("resolution")
+    @classmethod
+    def latent_divides(cls, value: int) -> int:
+        # VAE /8, then the base UNet halves its latent twice.
+        if value % 32:
+            raise ValueError(f"resolution must be a multiple of 32, got {value}")
+        return value
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

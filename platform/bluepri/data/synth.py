@@ -5,6 +5,10 @@ plans, mechanical parts, vehicles, aircraft, furniture and kitchens drawn in whi
 on blueprint-blue paper, each with a caption built from what was actually drawn. It needs
 only PIL and numpy, so tests and demos get a realistic dataset offline, and the same config
 always gives byte-identical files.
+
+A second style, `paper`, draws the very same sheets (same seed, same geometry) in dark ink on
+white or cream paper: the plain drawings the tiny drawing model is pretrained on, so that a
+blueprint LoRA visibly changes its output. `drawing(i, config)` renders one sheet in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
@@ -36,6 +40,8 @@ SMALLEST_LAYOUT = 192  # px; smaller sheets are drawn at this size and scaled do
 # cleanup at a user's own files or outside out_dir.
 OUR_FILE_NAME = re.compile(r"bp_\d+_[a-z_]+\.png")
 PADDING_CLAUSES = (" on blueprint paper", ", white lines on a blue grid", ", technical drawing")
+PAPER_PADDING_CLAUSES = (" on white paper", ", dark lines on a faint grid", ", technical drawing")
+PADDING = {"blueprint": PADDING_CLAUSES, "paper": PAPER_PADDING_CLAUSES}
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
@@ -94,11 +100,14 @@ def counted_list(nouns: Sequence[str]) -> str:
     return join_words([with_article(n) if c == 1 else counted(c, n) for n, c in counts.items()])
 
 
-def build_caption(content: Content, rng: np.random.Generator) -> str:
+def build_caption(
+    content: Content, rng: np.random.Generator, padding: Iterable[str] = PADDING_CLAUSES
+) -> str:
     """'a drawing of' + subject + some detail clauses, within the dataset's 30-110 characters.
 
     Clauses are added whole and in order, so a caption is never cut mid-word and never says
-    more than the drawing shows; a short one gets a neutral clause about the paper.
+    more than the drawing shows; a short one gets a neutral clause about the paper (`padding`,
+    which names the style's paper). The padding draws nothing from `rng`.
     """
     caption = f"a drawing of {content.subject}"
     wanted = int(rng.integers(1, len(content.details) + 1)) if content.details else 0
@@ -106,7 +115,7 @@ def build_caption(content: Content, rng: np.random.Generator) -> str:
         if len(caption + clause) > CAPTION_MAX:
             break
         caption += clause
-    for clause in PADDING_CLAUSES:
+    for clause in padding:
         if len(caption) >= CAPTION_MIN:
             break
         caption += clause
@@ -274,17 +283,63 @@ def dimension_chain(
 # ---------------------------------------------------------------- paper, frame, title block
 
 
-def make_paper(width: int, height: int, rng: np.random.Generator) -> tuple[Image.Image, RGB]:
-    """Blueprint-blue ground with a fine and a coarse grid; returns it and the ink colour."""
-    ground = np.array([rng.integers(8, 40), rng.integers(50, 100), rng.integers(130, 196)], float)
-    ink = pick(rng, [(245, 248, 255), (232, 244, 255), (200, 236, 255), (215, 240, 250)])
+def blue_ground(draws: np.ndarray) -> np.ndarray:
+    return draws
+
+
+def white_ground(draws: np.ndarray) -> np.ndarray:
+    """The blue ground's draws mapped onto white..cream paper: the bluer the blueprint would
+    have been, the less yellow the paper, so a style is a pure recolouring of the same draws."""
+    r, g, b = (draws - (8, 50, 130)) / (32, 50, 66)
+    return np.array([244 + 8 * r, 240 + 10 * g, 220 + 26 * b])
+
+
+@dataclass(frozen=True)
+class PaperStyle:
+    """How a style colours the sheet; the random draws behind it are the same in every style."""
+
+    ground: Callable[[np.ndarray], np.ndarray]  # from draws R 8-39, G 50-99, B 130-195
+    inks: tuple[RGB, RGB, RGB, RGB]  # one is picked, by the same draw in every style
+    shade: float  # strength of the blotchy exposure
+    grid: tuple[float, float]  # fine and coarse grid lines' blend towards the ink
+
+
+STYLES: dict[str, PaperStyle] = {
+    "blueprint": PaperStyle(
+        blue_ground,
+        inks=((245, 248, 255), (232, 244, 255), (200, 236, 255), (215, 240, 250)),
+        shade=0.06,
+        grid=(0.09, 0.2),
+    ),
+    # Near-black, dark grey, dark sepia and warm black pens on a faint grey grid.
+    "paper": PaperStyle(
+        white_ground,
+        inks=((24, 24, 28), (58, 58, 62), (66, 46, 30), (44, 38, 34)),
+        shade=0.015,
+        grid=(0.04, 0.08),
+    ),
+}
+
+
+def make_paper(
+    width: int, height: int, rng: np.random.Generator, style: str = "blueprint"
+) -> tuple[Image.Image, RGB]:
+    """The style's ground with a fine and a coarse grid; returns it and the ink colour.
+
+    Every style makes the same draws from `rng`, so what is drawn on the paper afterwards
+    (the geometry) is the same whatever the style.
+    """
+    look = STYLES[style]
+    draws = np.array([rng.integers(8, 40), rng.integers(50, 100), rng.integers(130, 196)], float)
+    ground = look.ground(draws)
+    ink = pick(rng, look.inks)
     # Real prints are unevenly exposed: a soft blotchy shade reads as paper, a flat fill doesn't.
     blotches = rng.normal(0.0, 1.0, (3, 4)).astype(np.float32)
     shade = np.asarray(Image.fromarray(blotches).resize((width, height), Image.Resampling.BILINEAR))
-    pixels = ground * (1.0 + 0.06 * np.clip(shade, -2, 2))[..., None]
+    pixels = ground * (1.0 + look.shade * np.clip(shade, -2, 2))[..., None]
     fine = int(rng.integers(8, 15))
     offset = int(rng.integers(0, fine))
-    for step, strength in ((fine, 0.09), (fine * int(rng.integers(4, 6)), 0.2)):
+    for step, strength in ((fine, look.grid[0]), (fine * int(rng.integers(4, 6)), look.grid[1])):
         for grid in (pixels[offset::step, :], pixels[:, offset::step]):
             grid *= 1 - strength
             grid += strength * np.asarray(ink, float)
@@ -1125,14 +1180,14 @@ def pick_size(rng: np.random.Generator, family: str, low: int, high: int) -> tup
 
 
 def render_blueprint(
-    family: str, size: tuple[int, int], rng: np.random.Generator
+    family: str, size: tuple[int, int], rng: np.random.Generator, style: str = "blueprint"
 ) -> tuple[Image.Image, Content]:
     """Paper, frame, the family's drawing, then the title block that names it."""
     # Below ~192 px the frame, title block and lettering leave no room to draw in, so small
     # sheets are drawn larger and scaled down, as a reduced print would be.
     zoom = max(1.0, SMALLEST_LAYOUT / min(size))
     width, height = round(size[0] * zoom), round(size[1] * zoom)
-    paper, ink = make_paper(width, height, rng)
+    paper, ink = make_paper(width, height, rng, style)
     ground = np.asarray(paper.getpixel((0, 0)), float)
     soft = tuple(int(v) for v in ground + (np.asarray(ink) - ground) * 0.7)
     lw = max(1, round(min(width, height) / 200))
@@ -1184,33 +1239,58 @@ def write_if_changed(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def synthesize(config: SynthConfig, on_image: Callable[[int], None] | None = None) -> SynthResult:
-    """Draw `config.num_images` captioned blueprints into `config.out_dir` as an imagefolder.
+def sheet_seed(config: SynthConfig, index: int) -> np.random.SeedSequence:
+    """Image `index`'s own seed: the `index`-th child of the set's seed, so image i doesn't
+    depend on how much randomness the images before it happened to use."""
+    return np.random.SeedSequence(config.seed % 2**64, spawn_key=(index,))
+
+
+def deal_families(config: SynthConfig) -> tuple[list[str], set[int]]:
+    """Each image's family, and which images go uncaptioned.
 
     Families are dealt round-robin then shuffled, so each requested family appears once there
     are enough images; exactly round(num_images * uncaptioned_fraction) rows get a null text.
-    `on_image(i)` is called after image i is written.
     """
     families = checked_families(config)
-    out_dir = Path(config.out_dir)
     n = config.num_images
-    seeds = np.random.SeedSequence(config.seed % 2**64)
-    rng = np.random.default_rng(seeds)
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed % 2**64))
     assigned = [families[int(k) % len(families)] for k in rng.permutation(n)]
-    names = [f"bp_{i:05d}_{family}.png" for i, family in enumerate(assigned)]
-    prepare_out_dir(out_dir, keep=set(names))
     blank = round(n * config.uncaptioned_fraction)
     uncaptioned = {int(k) for k in rng.choice(n, size=blank, replace=False)}
+    return assigned, uncaptioned
+
+
+def render_sheet(config: SynthConfig, index: int, family: str) -> tuple[Image.Image, str]:
+    """Image `index` of the set, drawn in `config.style`, and its caption."""
+    rng = np.random.default_rng(sheet_seed(config, index))
+    size = pick_size(rng, family, config.min_side, config.max_side)
+    image, content = render_blueprint(family, size, rng, config.style)
+    return image, build_caption(content, rng, PADDING[config.style])
+
+
+def drawing(index: int, config: SynthConfig) -> tuple[Image.Image, str | None]:
+    """Image `index` and its text (None where the set leaves it uncaptioned), exactly what
+    `synthesize(config)` writes for that row, rendered in memory; `config.out_dir` is unused."""
+    if not 0 <= index < config.num_images:
+        raise BluepriError(f"drawing {index} is outside a set of {config.num_images} images")
+    assigned, uncaptioned = deal_families(config)
+    image, caption = render_sheet(config, index, assigned[index])
+    return image, None if index in uncaptioned else caption
+
+
+def synthesize(config: SynthConfig, on_image: Callable[[int], None] | None = None) -> SynthResult:
+    """Draw `config.num_images` captioned sheets into `config.out_dir` as an imagefolder, in
+    `config.style` (see `deal_families` for how families and missing captions are dealt).
+
+    `on_image(i)` is called after image i is written.
+    """
+    assigned, uncaptioned = deal_families(config)
+    out_dir = Path(config.out_dir)
+    names = [f"bp_{i:05d}_{family}.png" for i, family in enumerate(assigned)]
+    prepare_out_dir(out_dir, keep=set(names))
     rows = []
-    # Each image has its own child seed, so image i doesn't depend on how much randomness
-    # the images before it happened to use.
-    for i, (family, name, image_seed) in enumerate(
-        zip(assigned, names, seeds.spawn(n), strict=True)
-    ):
-        image_rng = np.random.default_rng(image_seed)
-        size = pick_size(image_rng, family, config.min_side, config.max_side)
-        image, content = render_blueprint(family, size, image_rng)
-        caption = build_caption(content, image_rng)
+    for i, (family, name) in enumerate(zip(assigned, names, strict=True)):
+        image, caption = render_sheet(config, i, family)
         png = io.BytesIO()
         image.save(png, format="PNG")
         write_if_changed(out_dir / name, png.getvalue())
@@ -1222,6 +1302,7 @@ def synthesize(config: SynthConfig, on_image: Callable[[int], None] | None = Non
     # Written last: a run that dies half-way leaves no metadata pointing at missing images.
     metadata = out_dir / METADATA_NAME
     metadata.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    n = config.num_images
     return SynthResult(
         out_dir=str(out_dir),
         metadata_path=str(metadata),

@@ -4,13 +4,16 @@ A model reference is one of
   - a hub id (`stabilityai/stable-diffusion-xl-base-1.0`), loaded by `from_pretrained`;
   - a local diffusers/transformers folder;
   - `tiny:base`, `tiny:refiner`, `tiny:blip`: built offline on first use under
-    `$BLUEPRI_HOME/tiny/` (default `~/.cache/bluepri`), then loaded like any folder.
+    `$BLUEPRI_HOME/tiny/` (default `~/.cache/bluepri`), then loaded like any folder;
+  - `tiny:drawing-base`, `tiny:drawing-refiner`: the tiny architectures pretrained to draw
+    plain drawings, shipped inside the package (`bluepri/models/drawing/`).
 Whatever the form, the pipeline comes from the same `from_pretrained` call, so tests on tiny
 models exercise the code that loads the real checkpoints.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,7 +23,15 @@ from typing import Any, Literal
 import torch
 
 from bluepri.errors import BluepriError
-from bluepri.models.tiny import TINY_NAMES, build_tiny
+from bluepri.models.tiny import (
+    DRAWING_NAMES,
+    DRAWING_ROOT,
+    PRETRAIN_COMMAND,
+    RECIPE_NAME,
+    TINY_NAMES,
+    build_tiny,
+    file_digests,
+)
 
 ModelKind = Literal["base", "refiner", "captioner", "vae"]
 TINY_PREFIX = "tiny:"
@@ -47,6 +58,38 @@ def tiny_folder(name: str) -> Path:
     return build_tiny(name, bluepri_home() / "tiny" / f"{name}-seed{TINY_SEED}", seed=TINY_SEED)
 
 
+def drawing_folder(name: str, root: Path = DRAWING_ROOT) -> Path:
+    """The shipped folder of trained tiny model `name` (drawing-base or drawing-refiner)."""
+    folder = Path(root) / name
+    if not (folder / "model_index.json").is_file():
+        raise BluepriError(
+            f"the weights of {TINY_PREFIX}{name} are missing (no {folder}); "
+            f"make them with `{PRETRAIN_COMMAND}`"
+        )
+    return folder
+
+
+def verify_drawing_weights(folder: Path = DRAWING_ROOT) -> list[str]:
+    """Problems with the trained tiny models in `folder` (empty: every file there is the one
+    its RECIPE.json names, byte for byte, and no file is missing or extra)."""
+    recipe_path = Path(folder) / RECIPE_NAME
+    try:
+        recorded = json.loads(recipe_path.read_text())["files"]
+    except FileNotFoundError:
+        return [f"{recipe_path} is missing; make the weights with `{PRETRAIN_COMMAND}`"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return [f"{recipe_path} is unreadable: {type(err).__name__}: {err}".splitlines()[0]]
+    found = file_digests(Path(folder), [n for n in DRAWING_NAMES if (Path(folder) / n).is_dir()])
+    problems = [f"{name}: missing" for name in sorted(set(recorded) - set(found))]
+    problems += [f"{name}: not in {RECIPE_NAME}" for name in sorted(set(found) - set(recorded))]
+    problems += [
+        f"{name}: sha256 {found[name][:12]}... differs from {RECIPE_NAME}'s {digest[:12]}..."
+        for name, digest in sorted(recorded.items())
+        if name in found and found[name] != digest
+    ]
+    return problems
+
+
 @dataclass(frozen=True)
 class ResolvedRef:
     """A model reference made concrete: what to hand to `from_pretrained`."""
@@ -68,8 +111,10 @@ def resolve_ref(ref: str, kind: ModelKind) -> ResolvedRef:
         raise BluepriError(f"empty {kind} model reference")
     if ref.startswith(TINY_PREFIX):
         name = ref[len(TINY_PREFIX) :]
+        if name in DRAWING_NAMES:
+            return ResolvedRef(ref, str(drawing_folder(name)), True)
         if name not in TINY_NAMES:
-            known = ", ".join(TINY_PREFIX + n for n in TINY_NAMES)
+            known = ", ".join(TINY_PREFIX + n for n in TINY_NAMES + DRAWING_NAMES)
             raise BluepriError(f"unknown model ref {ref!r}: tiny models are {known}")
         return ResolvedRef(ref, str(tiny_folder(name)), True)
     if looks_like_path(ref):

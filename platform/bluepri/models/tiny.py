@@ -10,20 +10,34 @@ Shapes keep the rules that matter downstream: two text encoders whose penultimat
 states are concatenated (cross-attention width = sum of both), a pooled projection from the
 second, `text_time` micro-conditioning (6 time ids for the base, 5 with the aesthetic score
 for the refiner), and a VAE that downsamples by 8 with 4 latent channels.
+
+The same architectures, trained (`bluepri.models.pretrain`), are the `tiny:drawing-base` and
+`tiny:drawing-refiner` models shipped inside the package under `drawing/`: they draw plain
+drawings on white paper, so a blueprint LoRA's effect shows. This module names them and the
+digests their RECIPE.json records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 TINY_NAMES = ("base", "refiner", "blip")
+# Trained, not random: shipped in the package, made by `bluepri models pretrain-tiny`.
+DRAWING_NAMES = ("drawing-base", "drawing-refiner")
+DRAWING_ROOT = Path(__file__).parent / "drawing"
+RECIPE_NAME = "RECIPE.json"
+PRETRAIN_COMMAND = (
+    "bluepri models pretrain-tiny --device cuda --out platform/bluepri/models/drawing"
+)
 
 # Widths: text encoder 1 (CLIP ViT-L role), text encoder 2 (OpenCLIP bigG role).
 TE1_WIDTH = 32
@@ -304,6 +318,17 @@ def save_tiny_refiner(folder: Path, seed: int) -> None:
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     keep_clip_files(scratch, [folder / "tokenizer_2"])
+
+
+def file_digests(root: Path, folders: Iterable[str]) -> dict[str, str]:
+    """sha256 of every file under `root/folder` for each of `folders`, keyed by its path
+    relative to `root` (with /), in sorted order."""
+    digests = {}
+    for folder in folders:
+        for path in sorted(p for p in (Path(root) / folder).rglob("*") if p.is_file()):
+            key = path.relative_to(root).as_posix()
+            digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
 
 
 BLIP_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
