@@ -309,7 +309,13 @@ class DemoConfig(StrictModel):
     size: int = Field(128, ge=64, le=1024, multiple_of=8)
     steps: int = Field(10, ge=2, le=200)
     high_noise_frac: float = Field(0.8, gt=0.0, lt=1.0)
-    models: ModelsConfig = Field(default_factory=ModelsConfig.tiny)
+    # Tiny models pretrained on plain drawings (dark ink on paper), so the blueprint LoRA's
+    # effect shows on the contact sheet; ModelsConfig.tiny() is the random-weight pair.
+    models: ModelsConfig = Field(
+        default_factory=lambda: ModelsConfig(
+            base="tiny:drawing-base", refiner="tiny:drawing-refiner"
+        )
+    )
     captioner: str = "tiny:blip"
     train_workers: int = Field(2, ge=1)
     train_epochs: int = Field(3, ge=1)
