@@ -272,9 +272,7 @@ def demo(
     )
     from bluepri.demo import run_demo  # heavy imports only once the config is valid
 
-    result = run_demo(cfg, log=typer.echo)
-    typer.echo(f"contact sheet: {result.contact_sheet}")
-    typer.echo(f"gallery: {result.gallery}")
+    result = run_demo(cfg, log=typer.echo)  # its closing lines name what to look at
     typer.echo(result.out_dir)
 
 

@@ -86,6 +86,9 @@ class PretrainConfig(StrictModel):
     refiner_max_timestep: int = Field(300, ge=1, le=1000, description="Refiner's timesteps.")
     caption_dropout: float = Field(0.1, ge=0, le=1, description="Share trained captionless.")
     snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting (None: off).")
+    noise_offset: float = Field(
+        0.1, ge=0, description="Per-channel noise offset: lets the UNets make a flat ground."
+    )
     ema_decay: float = Field(0.999, ge=0, lt=1, description="UNet weights saved as an EMA.")
     warmup_steps: int = Field(200, ge=0, description="Linear LR warm-up, then cosine decay.")
     fp16: bool = Field(True, description="Save VAE and UNet weights in float16.")

@@ -5,8 +5,8 @@ This recipe trains the same tiny SDXL architectures (models/tiny.py) on syntheti
 (data/synth.py) until the base draws plain drawings on white paper: a blueprint LoRA then
 turns them into blueprints, the paper's effect at toy scale. Three stages, one loop each:
 
-a. VAE, on both styles: pixel MSE + L1 and a small KL; then `scaling_factor = 1 / std` of
-   the drawings' latents, as SDXL's factor was measured.
+a. VAE, on both styles: pixel MSE + L1 and a small KL; then its latents centred (zero mean,
+   unit variance per channel, folded into its 1x1 quant convs) and `scaling_factor = 1`.
 b. Base UNet, full weights, on paper drawings only, conditioned exactly as SDXL: the
    penultimate hidden states of both (frozen, random: tiny:base's own) text encoders,
    TE2's pooled embedding and 6 time ids; epsilon prediction on the DDPM forward process
@@ -416,32 +416,67 @@ def train_vae(config: PretrainConfig, pool: Pool, device: torch.device, log: Log
 def encode_pool(
     vae, paper: torch.Tensor, blueprint: torch.Tensor, log: Log
 ) -> tuple[LatentPool, float]:
-    """Set the VAE's scaling factor from the std of both styles' latents, and return the
-    paper drawings' scaled posteriors, unflipped and flipped."""
-
-    def posterior(pixels: torch.Tensor, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        means, stds = [], []
-        for chunk in pixels.split(ENCODE_CHUNK):
-            x = to_unit_range(chunk)
-            dist = vae.encode(x.flip(-1) if flip else x).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-        return torch.cat(means), torch.cat(stds)
-
-    paper_mean, paper_std = zip(*(posterior(paper, flip) for flip in (False, True)), strict=True)
-    blueprint_mean, blueprint_std = posterior(blueprint, False)
-    # The std of what the UNets will see: posterior samples, i.e. spread of the means plus
-    # the posterior's own variance.
-    means = torch.cat([paper_mean[0], blueprint_mean])
-    variance = means.var() + torch.cat([paper_std[0], blueprint_std]).pow(2).mean()
-    std = float(variance.sqrt())
-    scaling_factor = 1.0 / std
-    vae.register_to_config(scaling_factor=scaling_factor)
-    log(f"vae: latent std {std:.4f} -> scaling_factor {scaling_factor:.5f}")
-    latents = LatentPool(
-        mean=torch.stack(paper_mean) * scaling_factor, std=torch.stack(paper_std) * scaling_factor
+    """Centre the VAE's latents (`center_latents`), then return the paper drawings' posteriors,
+    unflipped and flipped, as the UNets see them. Returns the scaling factor (1.0: the
+    centred latents already have unit variance per channel)."""
+    mean, std = latent_moments(vae, torch.cat([paper, blueprint]))
+    center_latents(vae, mean, std)
+    vae.register_to_config(scaling_factor=1.0)
+    log(
+        "vae: latents centred per channel (means "
+        + ", ".join(f"{m:+.3f}" for m in mean.tolist())
+        + "; stds "
+        + ", ".join(f"{s:.3f}" for s in std.tolist())
+        + ") -> scaling_factor 1.0"
     )
-    return latents, scaling_factor
+    paper_mean, paper_std = zip(
+        *(posterior(vae, paper, flip) for flip in (False, True)), strict=True
+    )
+    return LatentPool(mean=torch.stack(paper_mean), std=torch.stack(paper_std)), 1.0
+
+
+def posterior(vae, pixels: torch.Tensor, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior's mean and std of every drawing (mirrored when `flip`)."""
+    means, stds = [], []
+    for chunk in pixels.split(ENCODE_CHUNK):
+        x = to_unit_range(chunk)
+        dist = vae.encode(x.flip(-1) if flip else x).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def latent_moments(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of posterior samples (spread of the means plus the
+    posterior's own variance) over `pixels`."""
+    means, stds = posterior(vae, pixels, flip=False)
+    mean = means.mean(dim=(0, 2, 3))
+    variance = means.var(dim=(0, 2, 3)) + stds.pow(2).mean(dim=(0, 2, 3))
+    return mean, variance.sqrt()
+
+
+def center_latents(vae, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Re-parametrise the VAE so its latents are zero-mean, unit-variance per channel, with
+    the same reconstructions: folded into the 1x1 `quant_conv` (encoder side) and
+    `post_quant_conv` (decoder side).
+
+    Why: drawings are mostly flat ground, so one latent channel sits far from zero (about
+    -1.9 here). SDXL's schedule leaves a little signal even at t=999, so a UNet trained on
+    such latents learns to copy that offset from its input instead of making it; sampling
+    from pure noise then misses it, and the decoder paints the wrong ground (blue). A
+    centred latent space has nothing to copy. SDXL's pipelines need no extra config for it.
+    """
+    channels = mean.numel()
+    quant, post = vae.quant_conv, vae.post_quant_conv
+    scale = 1.0 / std
+    # quant_conv outputs [mean | logvar]: mean' = (mean - m) / s, logvar' = logvar - 2 log s.
+    quant.weight[:channels] *= scale.view(-1, 1, 1, 1)
+    quant.bias[:channels] = (quant.bias[:channels] - mean) * scale
+    quant.bias[channels:] -= 2.0 * torch.log(std)
+    # post_quant_conv sees z = s * z' + m: fold s into its input weights and m into its bias.
+    weight = post.weight[:, :, 0, 0]
+    post.bias += weight @ mean
+    post.weight *= std.view(1, -1, 1, 1)
 
 
 # ---------------------------------------------------------------- b, c. the UNets
@@ -568,6 +603,12 @@ def train_unet(
         eps = torch.randn((b, *shape), generator=gen, device=device)
         clean = latents.mean[flip, idx] + latents.std[flip, idx] * eps
         noise = torch.randn((b, *shape), generator=gen, device=device)
+        if config.noise_offset and name == "base":
+            # Offset noise: a per-channel constant in the noise, so the UNet learns to make
+            # (and a LoRA to change) the ground's colour rather than copy it from its input.
+            # The refiner starts from a picture whose ground is already made: none there.
+            offset = torch.randn((b, shape[0], 1, 1), generator=gen, device=device)
+            noise = noise + config.noise_offset * offset
         t = torch.randint(low, high, (b,), generator=gen, device=device)
         noisy = noise_scheduler.add_noise(clean, noise, t)
         keep = torch.rand(b, generator=gen, device=device) >= config.caption_dropout
@@ -631,12 +672,16 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def command_line() -> str:
-    """This process's command, as typed: `python -m bluepri.cli` for the module's path."""
-    program = sys.argv[0]
-    if program.endswith(os.path.join("bluepri", "cli.py")):
-        program = "python -m bluepri.cli"
-    return shlex.join([Path(program).name if "/" in program else program, *sys.argv[1:]])
+def command_line(config: PretrainConfig) -> str:
+    """The command that makes these weights again, whatever process ran the recipe (the CLI,
+    a test, a notebook): every setting that differs from the defaults, as `key=value`."""
+    defaults = PretrainConfig(out=config.out).model_dump()
+    settings = [
+        f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+        for key, value in config.model_dump().items()
+        if key != "out" and value != defaults[key]
+    ]
+    return shlex.join(["bluepri", "models", "pretrain-tiny", "--out", config.out, *settings])
 
 
 def write_recipe(
@@ -652,7 +697,8 @@ def write_recipe(
     import transformers
 
     recipe = {
-        "command": command_line(),
+        "command": command_line(config),
+        "argv": sys.argv,
         "config": config.model_dump(),
         "seed": config.seed,
         "versions": {
