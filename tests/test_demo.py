@@ -144,6 +144,7 @@ def test_shipped_drawing_weights_match_their_recipe() -> None:
     for name in ("drawing-base", "drawing-refiner"):
         assert (drawing_folder(name) / "model_index.json").is_file()
     recipe = json.loads((DRAWING_ROOT / "RECIPE.json").read_text())
-    assert "pretrain-tiny" in " ".join(recipe["command"]) and recipe["config"]["seed"] == 0
+    assert recipe["command"].startswith("bluepri models pretrain-tiny --out ")
+    assert recipe["config"]["seed"] == 0 and recipe["config"]["threads"] == 2
     assert recipe["versions"]["torch"]
     assert np.isfinite([stage["final_loss"] for stage in recipe["stages"].values()]).all()
