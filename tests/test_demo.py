@@ -87,8 +87,8 @@ def test_the_base_draws_on_paper_and_the_adapter_on_blueprint_blue(demo_out: Pat
     assert adapter.blueprint >= 0.5, adapter
     # The demo measured and reported the same numbers.
     scores = json.loads((demo_out / "scores.json").read_text())
-    assert scores["base"]["blueprint"] == pytest.approx(base.blueprint, abs=1e-6)
-    assert scores["adapter"]["blueprint"] == pytest.approx(adapter.blueprint, abs=1e-6)
+    assert scores["base"]["palette"]["blueprint"] == pytest.approx(base.blueprint, abs=1e-6)
+    assert scores["adapter"]["palette"]["blueprint"] == pytest.approx(adapter.blueprint, abs=1e-6)
     terminal = (demo_out / "terminal.txt").read_text()
     assert "blueprint score" in terminal and f"{base.blueprint:.2f}" in terminal
 
@@ -97,20 +97,22 @@ def test_the_base_renders_are_drawings_like_the_paper_set(demo_out: Path, tmp_pa
     from bluepri.config import SynthConfig
     from bluepri.data.synth import drawing
 
-    paper_config = SynthConfig(out_dir=str(tmp_path), num_images=CATALOGUE, seed=1,
-                               style="paper", min_side=128, max_side=128)  # fmt: skip
-    paper = [drawing(i, paper_config)[0].convert("RGB") for i in range(CATALOGUE)]
+    # The paper set the base was pretrained on the kind of (48 drawings, the synth default).
+    paper_config = SynthConfig(out_dir=str(tmp_path), num_images=48, seed=1, style="paper",
+                               min_side=128, max_side=128)  # fmt: skip
+    paper = [drawing(i, paper_config)[0].convert("RGB") for i in range(48)]
     base = rendered(demo_out, "-base")
     base_stats, paper_stats = drawing_stats(base), drawing_stats(paper)
     per_paper = [drawing_stats([image]) for image in paper]
     low = min(s.uniform_background for s in per_paper)
     print(f"\ndrawing_stats: base {base_stats}, paper set {paper_stats} (lowest {low:.3f})")
-    # A near-uniform ground like the paper drawings have, and line work on it (noise has
-    # neither: uniform_background ~0.01).
-    assert base_stats.uniform_background >= low, (base_stats, low)
+    # A near-uniform ground within the range of the paper drawings' (noise: ~0.01), and line
+    # work on it.
+    high = max(s.uniform_background for s in per_paper)
+    assert low <= base_stats.uniform_background <= high, (base_stats, low, high)
     assert base_stats.line_pixels >= 0.2 * paper_stats.line_pixels, (base_stats, paper_stats)
     assert blueprint_score(base).paper >= 0.5 * blueprint_score(paper).paper
-    write_sheet(base, paper, SHEET)
+    write_sheet(base, paper[:CATALOGUE], SHEET)
     assert SHEET.is_file()
 
 
