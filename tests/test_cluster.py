@@ -29,7 +29,7 @@ import yaml
 
 from bluepri import artifacts
 from conftest import SERVED_ADAPTER, free_port, served_config, served_registry
-from polling import wait_until
+from polling import http_status, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "jobs" / "configs"
@@ -154,15 +154,15 @@ def prometheus(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFac
 
 
 def ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/-/ready", timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
+    return http_status(f"{url}/-/ready") == 200
 
 
 def up_targets(url: str) -> list[str]:
-    targets = requests.get(f"{url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
-    return [t["scrapeUrl"] for t in targets if t["health"] == "up"]
+    try:
+        body = requests.get(f"{url}/api/v1/targets", timeout=5).json()
+    except requests.RequestException:
+        return []  # not answering yet: the poll asks again
+    return [t["scrapeUrl"] for t in body["data"]["activeTargets"] if t["health"] == "up"]
 
 
 # -- the workload: serve while a train job, then a render job, run -----------------------------
@@ -257,10 +257,7 @@ def deploy_service(cluster: LocalCluster, root: Path):
     assert done.returncode == 0, done.stdout + done.stderr
 
     def answers() -> bool:
-        try:
-            return requests.get(f"{config.url}/healthz", timeout=5).status_code == 200
-        except requests.ConnectionError:
-            return False
+        return http_status(f"{config.url}/healthz") == 200
 
     wait_until(answers, 300, "the served app on the cluster", poll_s=1)
     return config.url, api_key
