@@ -17,6 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # No hub here: set before `datasets`/`huggingface_hub` are imported (they read it once), so a
 # test of an unreachable hub id fails at once instead of after ~45 s of network retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Trackers (`--report_to`): wandb offline (no account, no network, no login prompt) and quiet;
+# MLflow in each run's own store. Set at import, before the session's Ray starts: its workers,
+# where rank 0 opens the trackers, inherit this environment.
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session", autouse=True)

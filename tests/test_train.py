@@ -71,7 +71,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, s
 @pytest.fixture(scope="module")
 def paper_run(ray_session, tiny_models, train_cache, synth_set, cache_root, tmp_path_factory):
     """The paper's §6.1 command: tiny base, the synthetic set, 64 px, 2 epochs, 2 workers,
-    CPU-friendly precision (bf16: fp16 needs a GPU), no hub push, no wandb."""
+    CPU-friendly precision (bf16: fp16 needs a GPU), no hub push, reporting to every tracker
+    (wandb offline: conftest sets WANDB_MODE before the session's Ray starts)."""
     output_dir = tmp_path_factory.mktemp("paper") / "BluepriAI"
     argv = [
         "train",
@@ -91,7 +92,7 @@ def paper_run(ray_session, tiny_models, train_cache, synth_set, cache_root, tmp_
         "--gradient_accumulation_steps=4",
         "--learning_rate=1e-04",
         "--lr_warmup_steps=0",
-        "--report_to=none",
+        "--report_to=all",
         "--dataloader_num_workers=2",
         "--allow_tf32",
         "--mixed_precision=bf16",
@@ -133,6 +134,112 @@ def test_paper_command_runs_to_completion(paper_run, train_cache) -> None:
     assert [h["step"] for h in history if "loss" in h] == list(
         range(1, plan["max_train_steps"] + 1)
     )
+
+
+def wandb_history(logs: Path) -> tuple[dict[str, dict[int, float]], dict[int, int]]:
+    """The one offline run's history, through wandb's own reader of its .wandb log
+    (`wandb leet inspect --json`): {metric: {step: value}} and {step: images logged}."""
+    (run,) = (logs / "wandb").glob("offline-run-*")  # one run: rank 0 only
+    records = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.splitlines()
+    records = [json.loads(line) for line in records if line.strip()]
+    assert [r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"] == [0]
+    series: dict[str, dict[int, float]] = {}
+    images: dict[int, int] = {}
+    for record in records:
+        if record["type"] != "history":
+            continue
+        item = record["history"]["item"]
+        for key, value in item.items():
+            if not key.startswith(("_", "validation.")):  # wandb's own keys; the images'
+                series.setdefault(key, {})[item["_step"]] = value
+        if "validation.filenames" in item:
+            files = item["validation.filenames"]
+            assert all((run / "files" / name).stat().st_size > 0 for name in files)
+            images[item["_step"]] = len(files)
+    return series, images
+
+
+def mlflow_history(logs: Path) -> tuple[dict[str, dict[int, float]], dict[int, int]]:
+    """The one run in the MLflow store under the logging folder, read with MlflowClient."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri="sqlite:///" + str((logs / "mlflow.db").resolve()))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments)  # one run: rank 0 only
+    assert run.info.status == "FINISHED" and run.data.params["num_workers"] == "2"
+    run_id = run.info.run_id
+    series = {
+        name: {m.step: m.value for m in client.get_metric_history(run_id, name)}
+        for name in run.data.metrics
+    }
+    images: dict[int, int] = {}
+    for artifact in client.list_artifacts(run_id, "images"):
+        # images/<key>+step+<step>+timestamp+<ms>+<uuid>.png (and a .webp thumbnail)
+        key, _, step, *_ = Path(artifact.path).name.split("+")
+        if artifact.path.endswith(".png") and key.startswith("validation_"):
+            assert artifact.file_size > 0
+            images[int(step)] = images.get(int(step), 0) + 1
+    return series, images
+
+
+def tensorboard_history(logs: Path) -> tuple[dict[str, dict[int, float]], dict[int, int]]:
+    """The one event file under the logging folder, through TensorBoard's EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = logs.rglob("events.out.tfevents.*")  # one run: rank 0 only
+    accumulator = EventAccumulator(str(events.parent), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    series = {
+        name: {e.step: e.value for e in accumulator.Scalars(name)}
+        for name in accumulator.Tags()["scalars"]
+    }
+    # add_images writes one grid of RESOLUTION-pixel cells per step
+    images = {
+        e.step: (e.width // RESOLUTION) * (e.height // RESOLUTION)
+        for e in accumulator.Images("validation")
+    }
+    return series, images
+
+
+def test_trackers_hold_the_runs_metrics_step_for_step(paper_run) -> None:
+    """The paper's 2-worker run reported to wandb (offline), MLflow and TensorBoard: each
+    holds exactly one run with metrics.json's numbers at metrics.json's steps: train_loss
+    and lr every optimiser step, val_loss at every validation (the base's at step 0 too),
+    and the 8 validation images at each validation after training began."""
+    code, output_dir = paper_run
+    assert code == 0
+    history = json.loads((output_dir / "metrics.json").read_text())["history"]
+    steps = [h for h in history if "loss" in h]
+    validations = {h["step"]: h["val_loss"] for h in history if h.get("val_loss") is not None}
+    expected = {
+        "train_loss": {h["step"]: h["loss"] for h in steps},
+        "lr": {h["step"]: h["lr"] for h in steps},
+        "val_loss": validations,
+    }
+    assert sorted(expected["train_loss"]) == list(range(1, len(steps) + 1))
+    assert 0 in validations and len(validations) == 3  # before training, after each epoch
+    image_steps = {step: 8 for step in validations if step > 0}  # no grid at step 0
+    logs = output_dir / "logs"
+    readers = {
+        "wandb": wandb_history,
+        "mlflow": mlflow_history,
+        "tensorboard": tensorboard_history,
+    }
+    for tracker, read in readers.items():
+        series, images = read(logs)
+        assert sorted(series) == sorted(expected), tracker
+        for name, values in expected.items():
+            assert sorted(series[name]) == sorted(values), (tracker, name)
+            for step, value in values.items():
+                got = series[name][step]
+                assert got == pytest.approx(value, rel=1e-6), (tracker, name, step, got, value)
+        assert images == image_steps, tracker
 
 
 def test_output_loads_in_vanilla_diffusers(paper_run, tiny_models) -> None:
@@ -303,6 +410,11 @@ def empty_cache(root: Path) -> Path:
         (["--cache={empty}"], "no training rows"),
         (["--mixed_precision=fp16"], "fp16 needs use_gpu"),
         (["--learning_rate=0"], "learning_rate"),
+        (
+            ["--report_to=wandb,comet"],
+            "report_to: Value error, unknown tracker 'comet'; choose from wandb, mlflow, "
+            "tensorboard (comma-separated), all or none",
+        ),
     ],
 )
 def test_bad_configurations_fail_before_workers_start(
@@ -340,12 +452,43 @@ def test_missing_tracker_or_hub_fails_before_workers_start(
         "train",
         "--pretrained_model_name_or_path=tiny:base",
         f"--cache={empty_cache(tmp_path)}",
+        f"--output_dir={tmp_path / 'out'}",
     ]
     code, _, err = run_cli(capsys, [*base, "--push_to_hub", "--hub_model_id=me/bluepri"])
     assert code == 2 and err.count("\n") == 1 and "Hugging Face Hub" in err
-    if importlib.util.find_spec("wandb") is None:
-        code, _, err = run_cli(capsys, [*base, "--report_to=wandb"])
-        assert code == 2 and err.count("\n") == 1 and "pip install wandb" in err
+    # The trackers are installed here (the dev extra): hide one, as on a machine without it.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "mlflow" else find_spec(name, *args),
+    )
+    code, _, err = run_cli(capsys, [*base, "--report_to=wandb,mlflow"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.strip().endswith(
+        "--report_to wandb,mlflow needs the mlflow package: pip install mlflow"
+    ), err
+    assert not (tmp_path / "out" / "runs").exists()  # no Ray Train run was started
+
+
+@pytest.mark.parametrize(
+    ("value", "trackers"),
+    [
+        ("none", []),
+        (None, []),
+        ("all", ["wandb", "mlflow", "tensorboard"]),
+        ("tensorboard,wandb", ["tensorboard", "wandb"]),
+        (" wandb , wandb,", ["wandb"]),
+        (["mlflow"], ["mlflow"]),  # a YAML list
+    ],
+)
+def test_report_to_takes_a_list_all_or_none(value, trackers: list[str]) -> None:
+    from bluepri.train.report import require_tracker
+
+    config = TrainConfig(cache="cache", report_to=value)
+    assert config.report_to == trackers
+    assert TrainConfig.model_validate(config.model_dump()).report_to == trackers  # round trip
+    require_tracker(config.report_to)  # every tracker is installed for the tests
 
 
 # -- the Ray Job entry point ---------------------------------------------------------------------

@@ -376,7 +376,9 @@ def train_command(
     num_validation_images: int = typer.Option(None, "--num_validation_images"),
     validation_epochs: int = typer.Option(None, "--validation_epochs"),
     validation_inference_steps: int = typer.Option(None, "--validation_inference_steps"),
-    report_to: str = typer.Option(None, "--report_to", help="none, wandb, mlflow, tensorboard."),
+    report_to: str = typer.Option(
+        None, "--report_to", help="wandb, mlflow, tensorboard (comma-separated), all or none."
+    ),
     logging_dir: str = typer.Option(None, "--logging_dir"),
     output_dir: str = typer.Option(None, "--output_dir"),
     push_to_hub: bool = typer.Option(None, "--push_to_hub/--no_push_to_hub"),

@@ -398,6 +398,9 @@ LrSchedulerName = Literal[
     "cosine_with_restarts",
     "polynomial",
 ]
+# Experiment trackers `--report_to` may name (with `all` and `none`).
+TrackerName = Literal["wandb", "mlflow", "tensorboard"]
+TRACKER_NAMES: tuple[str, ...] = typing.get_args(TrackerName)
 
 
 class TrainConfig(StrictModel):
@@ -466,7 +469,8 @@ class TrainConfig(StrictModel):
     num_validation_images: int = Field(4, ge=0)
     validation_epochs: int = Field(1, ge=1)
     validation_inference_steps: int = Field(25, ge=1, le=500)
-    report_to: Literal["none", "wandb", "mlflow", "tensorboard"] = "none"
+    # Trackers, rank 0 only: "wandb,tensorboard", "all" or "none" (accelerate's convention).
+    report_to: list[TrackerName] = Field(default_factory=list)
     logging_dir: str = "logs"
     # output
     output_dir: str = "sd-model-finetuned-lora"
@@ -500,6 +504,26 @@ class TrainConfig(StrictModel):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def tracker_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)):
+            return value  # pydantic's own message for a wrong type
+        names = [str(name).strip() for name in value if str(name).strip()]
+        choices = f"choose from {', '.join(TRACKER_NAMES)} (comma-separated), all or none"
+        unknown = [n for n in names if n not in (*TRACKER_NAMES, "all", "none")]
+        if unknown:
+            raise ValueError(f"unknown tracker {unknown[0]!r}; {choices}")
+        if len(names) > 1 and {"all", "none"} & set(names):
+            raise ValueError(f"all and none stand alone; {choices}")
+        if names == ["all"]:
+            return list(TRACKER_NAMES)
+        return list(dict.fromkeys(n for n in names if n != "none"))  # in order, once each
 
     @model_validator(mode="after")
     def consistent(self) -> TrainConfig:

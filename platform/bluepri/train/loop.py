@@ -140,6 +140,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             run_name=loop_config["run_name"],
             config=loop_config["config"],
             folder=Path(config.output_dir) / config.logging_dir,
+            start_step=state.global_step,
         )
 
     def predict(noisy: torch.Tensor, timesteps: torch.Tensor, batch: dict[str, Any]):
@@ -158,6 +159,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if state.global_step == 0 and state.initial_val_loss is None:
         state.initial_val_loss = measure_val_loss()
         state.history.append({"step": 0, "epoch": 0, "val_loss": state.initial_val_loss})
+        if state.initial_val_loss is not None:  # the curves start at the base model
+            tracker.log({"val_loss": state.initial_val_loss}, step=0)
 
     # 4. Train.
     window = ThroughputWindow()
@@ -253,9 +256,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     # 5. The adapter artifact, from rank 0 (every rank holds the same weights).
     summary = summarise(state, plan, models)
+    tracker.close()  # flushed and ended before the artifact says the run is done
     if rank == 0:
         publish_artifact(models, config, plan, loop_config["config"], state, summary)
-    tracker.close()
     barrier()
     return summary if rank == 0 else None
 

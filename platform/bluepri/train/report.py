@@ -1,16 +1,29 @@
 """Where training metrics go: experiment trackers, and a loss-curve PNG in the output.
 
-Trackers (`--report_to wandb|mlflow|tensorboard`) live on rank 0 only, as accelerate's do;
-their packages are optional imports, checked on the driver before any worker starts.
-wandb honours WANDB_MODE=offline; mlflow writes a local file store unless
-MLFLOW_TRACKING_URI says otherwise.
+`--report_to` names any of wandb, mlflow and tensorboard (comma-separated, or `all`); the
+trackers live on rank 0 only, as accelerate's do, and each gets the same numbers at the same
+optimiser steps: `train_loss` and `lr` every step, `val_loss` at every validation (the
+base model's at step 0 included), the validation images at each validation's step. Their
+packages are optional imports, checked on the driver before any worker starts.
+
+Where they write, by default under `<output_dir>/<logging_dir>`:
+- wandb: `wandb/<run>/`; its own variables apply (WANDB_MODE=offline: no account, no
+  network; `wandb sync` uploads later; WANDB_SILENT=true quietens it).
+- mlflow: a SQLite store `mlflow.db` with artifacts in `mlartifacts/` (MLflow's file store
+  is in maintenance mode): `mlflow ui --backend-store-uri sqlite:///<logs>/mlflow.db`.
+  MLFLOW_TRACKING_URI, when set, names another store or server.
+- tensorboard: event files in `<experiment>/<run name>/`: `tensorboard --logdir <logs>`.
+On a remote cluster these variables must reach the workers (a job's runtime_env).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +31,25 @@ from PIL import Image
 
 from bluepri.errors import BluepriError
 
+# tracker -> (the module it imports, the package that provides it)
 TRACKER_PACKAGES = {
-    "wandb": ("wandb", "pip install wandb"),
-    "mlflow": ("mlflow", "pip install mlflow"),
-    "tensorboard": ("tensorboard", "pip install tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+    "tensorboard": ("tensorboard", "tensorboard"),
 }
 
 
-def require_tracker(report_to: str) -> None:
-    """Fail early, with the install command, when the chosen tracker is not installed."""
-    if report_to == "none":
-        return
-    module, install = TRACKER_PACKAGES[report_to]
-    if importlib.util.find_spec(module) is None:
-        raise BluepriError(f"--report_to {report_to} needs the {module} package: {install}")
+def require_tracker(report_to: Sequence[str]) -> None:
+    """Fail early, with the install command, when a chosen tracker is not installed."""
+    missing = [
+        name for name in report_to if importlib.util.find_spec(TRACKER_PACKAGES[name][0]) is None
+    ]
+    if missing:
+        packages = [TRACKER_PACKAGES[name][1] for name in missing]
+        raise BluepriError(
+            f"--report_to {','.join(report_to)} needs the {' and '.join(packages)} "
+            f"package{'s' if len(packages) > 1 else ''}: pip install {' '.join(packages)}"
+        )
 
 
 class Tracker:
@@ -44,11 +62,13 @@ class Tracker:
         pass
 
     def close(self) -> None:
-        pass
+        """Flush everything and end the run (before the artifact is published)."""
 
 
 class WandbTracker(Tracker):
-    def __init__(self, project: str, run_name: str, config: dict[str, Any], folder: Path):
+    def __init__(
+        self, project: str, run_name: str, config: dict[str, Any], folder: Path, start_step: int
+    ):
         import wandb
 
         self.wandb = wandb
@@ -61,36 +81,72 @@ class WandbTracker(Tracker):
         self.run.log({name: [self.wandb.Image(image) for image in images]}, step=step)
 
     def close(self) -> None:
-        self.run.finish()
+        self.run.finish()  # waits until wandb-core has written (or sent) every record
+
+
+def local_mlflow_uri(folder: Path) -> str:
+    return "sqlite:///" + str((folder / "mlflow.db").resolve())
 
 
 class MlflowTracker(Tracker):
-    def __init__(self, project: str, run_name: str, config: dict[str, Any], folder: Path):
-        import mlflow
+    """One MLflow run through `MlflowClient` (no fluent global state), logging synchronously."""
 
-        self.mlflow = mlflow
-        if "MLFLOW_TRACKING_URI" not in os.environ:
-            mlflow.set_tracking_uri((folder / "mlruns").resolve().as_uri())
-        mlflow.set_experiment(project)
-        self.run = mlflow.start_run(run_name=run_name)
-        mlflow.log_params({k: str(v)[:250] for k, v in config.items()})
+    def __init__(
+        self, project: str, run_name: str, config: dict[str, Any], folder: Path, start_step: int
+    ):
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
+        remote = os.environ.get("MLFLOW_TRACKING_URI")
+        self.client = MlflowClient(tracking_uri=remote or local_mlflow_uri(folder))
+        experiment = self.client.get_experiment_by_name(project)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            artifacts = None if remote else (folder / "mlartifacts").resolve().as_uri()
+            try:
+                experiment_id = self.client.create_experiment(project, artifact_location=artifacts)
+            except MlflowException:  # created meanwhile by another run
+                experiment_id = self.client.get_experiment_by_name(project).experiment_id
+        self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+        params = [Param(k, str(v)[:500]) for k, v in config.items()]
+        for at in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(self.run_id, params=params[at : at + 100], synchronous=True)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.mlflow.log_metrics(metrics, step=step)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def log_images(self, name: str, images: list[Image.Image], step: int) -> None:
+        # One key per image (seed): MLflow's image view steps each through the run.
         for index, image in enumerate(images):
-            self.mlflow.log_image(image, f"{name}/step{step:08d}_{index}.png")
+            self.client.log_image(
+                self.run_id, image, key=f"{name}_{index}", step=step, synchronous=True
+            )
 
     def close(self) -> None:
-        self.mlflow.end_run()
+        self.client.set_terminated(self.run_id)
 
 
 class TensorboardTracker(Tracker):
-    def __init__(self, project: str, run_name: str, config: dict[str, Any], folder: Path):
+    def __init__(
+        self,
+        project: str,
+        run_name: str,
+        config: dict[str, Any],
+        folder: Path,
+        start_step: int,
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(folder / project / run_name))
+        # A run restarted from a checkpoint hides the events it is about to write again.
+        self.writer = SummaryWriter(
+            log_dir=str(folder / project / run_name), purge_step=start_step or None
+        )
         self.writer.add_text("config", "\n".join(f"{k}: {v}" for k, v in config.items()))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -104,19 +160,60 @@ class TensorboardTracker(Tracker):
         self.writer.add_images(name, stacked, step, dataformats="NHWC")
 
     def close(self) -> None:
-        self.writer.close()
+        self.writer.close()  # flushes the event file
+
+
+class Trackers(Tracker):
+    """Several trackers as one: each call goes to all of them."""
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log(metrics, step)
+
+    def log_images(self, name: str, images: list[Image.Image], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log_images(name, images, step)
+
+    def close(self) -> None:
+        errors = []
+        for tracker in self.trackers:  # one failing close still lets the others flush
+            try:
+                tracker.close()
+            except Exception as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
 
 
 TRACKERS = {"wandb": WandbTracker, "mlflow": MlflowTracker, "tensorboard": TensorboardTracker}
 
 
 def open_tracker(
-    report_to: str, *, project: str, run_name: str, config: dict[str, Any], folder: Path
+    report_to: Sequence[str],
+    *,
+    project: str,
+    run_name: str,
+    config: dict[str, Any],
+    folder: Path,
+    start_step: int = 0,
 ) -> Tracker:
-    if report_to == "none":
+    """The trackers `report_to` names, as one (none: a tracker that does nothing)."""
+    if not report_to:
         return Tracker()
     folder.mkdir(parents=True, exist_ok=True)
-    return TRACKERS[report_to](project, run_name, config, folder)
+    opened: list[Tracker] = []
+    try:
+        for name in report_to:
+            opened.append(TRACKERS[name](project, run_name, config, folder, start_step))
+    except BaseException:
+        for tracker in opened:  # the ones already open end before the error goes up
+            with contextlib.suppress(Exception):
+                tracker.close()
+        raise
+    return opened[0] if len(opened) == 1 else Trackers(opened)
 
 
 def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
