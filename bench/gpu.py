@@ -131,8 +131,9 @@ def time_train_step(args, device, dtype, *, checkpointing: bool) -> tuple[float,
     from diffusers import DDPMScheduler
     from diffusers.training_utils import cast_training_params
 
+    from bluepri.denoising import prediction_target
     from bluepri.models.lora import attach_lora
-    from bluepri.train.losses import denoising_loss, prediction_target
+    from bluepri.train.losses import denoising_loss
 
     if device.type == "cuda":
         torch.cuda.empty_cache()

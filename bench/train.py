@@ -74,9 +74,8 @@ def cached_vs_encoding(
     from bluepri.config import TrainConfig
     from bluepri.data import transforms
     from bluepri.data.encode import encode_latent_dist, encode_prompts
-    from bluepri.train.data import collate, read_split
+    from bluepri.denoising import collate, derived_generator, read_split
     from bluepri.train.loop import training_loss
-    from bluepri.train.losses import derived_generator
     from bluepri.train.models import add_adapters, build_optimizer, load_models
 
     torch.set_num_threads(1)

@@ -1,12 +1,12 @@
 """The training cache as each worker reads it, and the deterministic order of its rows.
 
-The cache's format and reader belong to `bluepri.artifacts`; this module wraps a split as a
-torch Dataset. Every worker reads the cache's rows itself (sorted by sample id, so the file
-layout does not matter) and walks a per-epoch permutation drawn from (seed, epoch), sharded
-by rank. The order is a pure function of those numbers, so a restarted worker finds its
-exact place from (epoch, batch index) alone: no replayed epoch, no skipped sample. Ray
-Data's streaming split would read faster at scale but its order is not reproducible across
-a restart.
+The cache's format and reader belong to `bluepri.artifacts`, its rows as a torch Dataset to
+`bluepri.denoising` (evaluation reads them too). Every worker reads the cache's rows itself
+(sorted by sample id, so the file layout does not matter) and walks a per-epoch permutation
+drawn from (seed, epoch), sharded by rank. The order is a pure function of those numbers, so
+a restarted worker finds its exact place from (epoch, batch index) alone: no replayed epoch,
+no skipped sample. Ray Data's streaming split would read faster at scale but its order is
+not reproducible across a restart.
 
 Rows of different latent sizes (aspect-ratio buckets) never share a batch: the permutation
 is grouped by size, each group padded to a multiple of the worker count by wrapping around
@@ -17,56 +17,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel
 
-from bluepri.artifacts import TENSOR_COLUMNS, BucketKey, bucket_key, read_split_rows
-
-
-class CacheSplit(torch.utils.data.Dataset):
-    """The rows of one split, sorted by sample id, held in memory as numpy arrays."""
-
-    def __init__(self, sample_ids: list[str], captions: list[str], arrays: dict[str, list]):
-        self.sample_ids = sample_ids
-        self.captions = captions
-        self.arrays = arrays
-
-    def __len__(self) -> int:
-        return len(self.sample_ids)
-
-    @property
-    def buckets(self) -> list[BucketKey]:
-        return [bucket_key(t) for t in self.arrays["time_ids"]]
-
-    @property
-    def has_text_embeds(self) -> bool:
-        return "prompt_embeds" in self.arrays
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row = {name: values[index] for name, values in self.arrays.items()}
-        return {**row, "caption": self.captions[index], "index": index}
-
-
-def read_split(cache_uri: str, split: str) -> CacheSplit:
-    """All rows of `split` ('train' or 'val'), sorted by sample id, as a torch Dataset."""
-    rows = read_split_rows(cache_uri, split)
-    return CacheSplit(rows.sample_ids, rows.captions, rows.arrays)
-
-
-def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack a batch's arrays (one size bucket, so shapes agree) into float tensors."""
-    batch: dict[str, Any] = {
-        "caption": [r["caption"] for r in rows],
-        "index": torch.tensor([r["index"] for r in rows]),
-    }
-    for name in TENSOR_COLUMNS:
-        if name in rows[0]:
-            batch[name] = torch.from_numpy(np.stack([r[name] for r in rows])).float()
-    return batch
-
+from bluepri.artifacts import BucketKey
 
 # -- order ------------------------------------------------------------------------------------
 

@@ -30,7 +30,14 @@ import torch.distributed as dist
 from bluepri import storage
 from bluepri.artifacts import LOSS_CURVE, METRICS_JSON, VALIDATION_DIR
 from bluepri.config import ModelsConfig, TrainConfig
-from bluepri.data.encode import encode_prompts
+from bluepri.denoising import (
+    collate,
+    derived_generator,
+    fixed_noise_loss,
+    prediction_target,
+    read_split,
+    unet_prediction,
+)
 from bluepri.telemetry import train_metrics
 from bluepri.train.artifact import publish_folder, write_adapter
 from bluepri.train.checkpoint import (
@@ -39,21 +46,8 @@ from bluepri.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from bluepri.train.data import (
-    TrainPlan,
-    accumulation_groups,
-    collate,
-    epoch_batches,
-    read_split,
-)
-from bluepri.train.losses import (
-    denoising_loss,
-    derived_generator,
-    prediction_target,
-    sample_latents,
-    sample_noise,
-    sample_timesteps,
-)
+from bluepri.train.data import TrainPlan, accumulation_groups, epoch_batches
+from bluepri.train.losses import denoising_loss, sample_latents, sample_noise, sample_timesteps
 from bluepri.train.models import (
     TrainingModels,
     add_adapters,
@@ -64,7 +58,7 @@ from bluepri.train.models import (
     set_tf32,
 )
 from bluepri.train.report import Tracker, loss_curve_png, open_tracker
-from bluepri.train.validation import png_bytes, validation_images, validation_loss
+from bluepri.train.validation import png_bytes, validation_images
 
 # The report key numbering validations (1, 2, ...): Tune's ASHA uses it as its time axis.
 VALIDATION = "validation"
@@ -148,7 +142,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     # One fixed-noise measurement for the "before" number and every validation after it.
     measure_val_loss = partial(
-        validation_loss,
+        fixed_noise_loss,
         val_rows,
         predict=predict,
         noise_scheduler=models.noise_scheduler,
@@ -289,42 +283,6 @@ def training_loss(
         timesteps=timesteps,
         snr_gamma=config.snr_gamma,
     )
-
-
-def text_conditioning(
-    models: TrainingModels, batch: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prompt_embeds, pooled): from the cache when the encoders are frozen, else encoded now."""
-    trains_text = any(name in models.trainable for name in ("text_encoder", "text_encoder_2"))
-    if "prompt_embeds" in batch and not trains_text:
-        return batch["prompt_embeds"].to(models.device), batch["pooled_prompt_embeds"].to(
-            models.device
-        )
-    with torch.set_grad_enabled(trains_text and torch.is_grad_enabled()):
-        return encode_prompts(models.tokenizers, models.text_encoders, list(batch["caption"]))
-
-
-def unet_prediction(
-    models: TrainingModels,
-    noisy_latents: torch.Tensor,
-    timesteps: torch.Tensor,
-    batch: dict[str, Any],
-) -> torch.Tensor:
-    """The UNet's output for noisy latents under SDXL's text and size conditioning."""
-    dtype = models.weight_dtype
-    with models.autocast():
-        prompt_embeds, pooled = text_conditioning(models, batch)
-        added = {
-            "time_ids": batch["time_ids"].to(models.device, dtype=dtype),
-            "text_embeds": pooled.to(dtype),
-        }
-        return models.unet(
-            noisy_latents.to(dtype),
-            timesteps,
-            prompt_embeds.to(dtype),
-            added_cond_kwargs=added,
-            return_dict=False,
-        )[0]
 
 
 # -- distributed helpers ----------------------------------------------------------------------

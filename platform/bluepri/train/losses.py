@@ -2,25 +2,14 @@
 
 Everything random here draws from an explicit `torch.Generator`, never the global RNG, so a
 step's noise depends only on the seed that made its generator: that is what lets a resumed
-run reproduce an uninterrupted one, and the validation loss use the same noise every time.
+run reproduce an uninterrupted one. The generators, the prediction target and the held-out
+loss's fixed draws are shared with evaluation: `bluepri.denoising`.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
-
-
-def derived_generator(*parts: int | str) -> torch.Generator:
-    """A CPU generator seeded from a hash of `parts` (e.g. seed, step, micro-batch, rank).
-
-    Hashing keeps neighbouring seeds independent (seed 1 step 2 and seed 2 step 1 differ);
-    a CPU generator gives the same numbers on every device.
-    """
-    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -57,18 +46,6 @@ def sample_timesteps(
     return steps.long().to(device)
 
 
-def prediction_target(
-    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    """What the UNet should predict: the noise (epsilon) or the velocity (v-prediction)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"unknown prediction type {kind!r}")
-
-
 def min_snr_weights(snr: torch.Tensor, snr_gamma: float, prediction_type: str) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023, §3.4), as diffusers' scripts apply them.
 
@@ -101,9 +78,3 @@ def denoising_loss(
     per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none")
     per_sample = per_sample.mean(dim=list(range(1, per_sample.ndim)))
     return (per_sample * weights).mean()
-
-
-def per_sample_mse(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Unweighted MSE per sample: the validation metric, comparable across snr_gamma values."""
-    error = F.mse_loss(model_pred.float(), target.float(), reduction="none")
-    return error.mean(dim=list(range(1, error.ndim)))

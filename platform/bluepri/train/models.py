@@ -8,42 +8,24 @@ copy of SDXL in memory).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from bluepri.config import TrainConfig
+from bluepri.denoising import TEXT_ENCODER_NAMES, DenoisingModels, load_denoising_models
 from bluepri.errors import BluepriError
-from bluepri.models.loading import from_pretrained, load_base, resolve_ref
 from bluepri.models.lora import TEXT_ENCODER_TARGETS, attach_lora
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")
 
 
 @dataclass
-class TrainingModels:
-    """The frozen SDXL parts, the noise scheduler, and which modules carry trained LoRA."""
+class TrainingModels(DenoisingModels):
+    """The frozen SDXL parts and noise schedule, and which modules carry trained LoRA."""
 
-    pipe: Any  # StableDiffusionXLPipeline sharing every module below (validation images)
-    noise_scheduler: Any  # DDPMScheduler: add_noise, velocity and SNR of the training process
-    weight_dtype: torch.dtype
-    device: torch.device
     trainable: dict[str, torch.nn.Module] = field(default_factory=dict)
-
-    @property
-    def unet(self) -> Any:
-        return self.pipe.unet
-
-    @property
-    def tokenizers(self) -> list[Any]:
-        return [self.pipe.tokenizer, self.pipe.tokenizer_2]
-
-    @property
-    def text_encoders(self) -> list[Any]:
-        return [self.pipe.text_encoder, self.pipe.text_encoder_2]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Every trained parameter, in a fixed order (optimiser state and all-reduce rely on it)."""
@@ -59,12 +41,6 @@ class TrainingModels:
             if p.requires_grad
         }
 
-    def autocast(self) -> AbstractContextManager:
-        """Autocast for fp16/bf16; plain float32 otherwise."""
-        if self.weight_dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.weight_dtype)
-
 
 def text_encoder_rates(config: TrainConfig, learning_rate: float) -> tuple[float, float]:
     """Learning rates of text encoders 1 and 2: 0 unless trained, else their own or the UNet's."""
@@ -75,40 +51,18 @@ def text_encoder_rates(config: TrainConfig, learning_rate: float) -> tuple[float
     return tuple(learning_rate if r is None else r * scale for r in rates)  # type: ignore[return-value]
 
 
-def quiet_progress_bars() -> None:
-    """No per-file loading bars in worker logs (every worker would print its own)."""
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def load_models(config: TrainConfig, device: torch.device) -> TrainingModels:
     """SDXL base (+ replacement VAE) in the weight dtype, frozen, and the DDPM noise schedule."""
-    from diffusers import DDPMScheduler
-
-    quiet_progress_bars()
-
-    weight_dtype = WEIGHT_DTYPES[config.mixed_precision]
-    pipe = load_base(
+    models = load_denoising_models(
         config.pretrained_model_name_or_path,
-        dtype=weight_dtype,
-        device=str(device),
+        weight_dtype=WEIGHT_DTYPES[config.mixed_precision],
+        device=device,
         vae_ref=config.pretrained_vae_model_name_or_path,
+        prediction_type=config.prediction_type,
+        into=TrainingModels,
     )
-    pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        module.requires_grad_(False)
-    resolved = resolve_ref(config.pretrained_model_name_or_path, "base")
-    noise_scheduler = from_pretrained(DDPMScheduler, resolved, "base", subfolder="scheduler")
-    if config.prediction_type is not None:
-        # Train and sample with the same parameterisation (the validation images too).
-        noise_scheduler.register_to_config(prediction_type=config.prediction_type)
-        pipe.scheduler.register_to_config(prediction_type=config.prediction_type)
-    return TrainingModels(
-        pipe=pipe, noise_scheduler=noise_scheduler, weight_dtype=weight_dtype, device=device
-    )
+    assert isinstance(models, TrainingModels)
+    return models
 
 
 def add_adapters(models: TrainingModels, config: TrainConfig, seed: int, te_rates) -> None:
@@ -125,6 +79,7 @@ def add_adapters(models: TrainingModels, config: TrainConfig, seed: int, te_rate
         if rate > 0:
             attach_text_encoder_lora(encoder, rank=config.rank, alpha=alpha)
             models.trainable[name] = encoder
+            models.text_adapted.add(name)  # its captions are encoded live, not cached
     if models.weight_dtype != torch.float32:
         from diffusers.training_utils import cast_training_params
 

@@ -1,4 +1,5 @@
-"""Promotion: the search's best adapter becomes champion only if it really is better.
+"""Promotion: the search's best adapter becomes champion only if it really is better; then,
+when the search asks for it, the champion's evaluation against the base, night after night.
 
 "Better" is decided now, on the current cache's validation split, by re-measuring BOTH the
 candidate and the current champion with the same fixed-noise held-out loss; numbers from an
@@ -11,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bluepri.artifacts import read_adapter_info
-from bluepri.config import SearchConfig, TrainConfig
-from bluepri.eval import heldout_loss
+from bluepri import storage
+from bluepri.config import EvalConfig, SearchConfig, TrainConfig, build_config
+from bluepri.eval import heldout_losses
 from bluepri.registry import AdapterRegistry, default_root
 
 
@@ -23,12 +24,20 @@ def promote_best(
     """Put the best trial's adapter in the registry and promote it if it beats the champion."""
     registry = AdapterRegistry(config.registry or default_root())
     record = registry.put(result.best_adapter, config.adapter_name)
-    measure = measurer(result.cache_uri, base)
-    candidate_loss = measure(registry.get(config.adapter_name, record.version))
     champion = registry.champion(config.adapter_name)
-    champion_loss = None
+    folders = [registry.get(config.adapter_name, record.version)]
     if champion is not None and champion != record.version:
-        champion_loss = measure(registry.get(config.adapter_name, champion))
+        folders.append(registry.get(config.adapter_name, champion))
+    # Both on one loaded base, with the same fixed noise: numbers that compare.
+    losses = heldout_losses(
+        result.cache_uri,
+        base.pretrained_model_name_or_path,
+        folders,
+        prediction_type=base.prediction_type,
+        vae_ref=base.pretrained_vae_model_name_or_path,
+    )
+    candidate_loss = losses[0]
+    champion_loss = losses[1] if len(losses) > 1 else None
     decision = registry.promote_if_better(
         config.adapter_name,
         record.version,
@@ -52,17 +61,49 @@ def promote_best(
     }
 
 
-def measurer(cache_uri: str, base: TrainConfig) -> Callable[[Any], float]:
-    """Held-out loss of an adapter folder on this cache, with the search's base model."""
+EVAL_HISTORY = "eval-history.parquet"  # under the search's storage path: one per nightly job
 
-    def measure(adapter: Any) -> float:
-        info = read_adapter_info(str(adapter))
-        return heldout_loss(
-            cache_uri,
-            base.pretrained_model_name_or_path,
-            adapter,
-            prediction_type=info.prediction_type or base.prediction_type,
-            vae_ref=base.pretrained_vae_model_name_or_path,
-        )
 
-    return measure
+def champion_eval_config(
+    config: SearchConfig, base: TrainConfig, cache_uri: str, experiment_path: str
+) -> EvalConfig:
+    """The evaluation of the champion after a search: the search's base model, cache and
+    registry; its own folder and the night's name in the history."""
+    settings = dict(config.evaluation or {})
+    models = {
+        "base": base.pretrained_model_name_or_path,
+        "vae": base.pretrained_vae_model_name_or_path,
+        "refiner": None,  # the search trains the base; a refiner is the evaluation's choice
+        **settings.pop("models", {}),
+    }
+    values = {
+        "history": storage.join(config.storage_path, EVAL_HISTORY),
+        **settings,
+        "out": storage.join(experiment_path, "eval"),
+        "cache": cache_uri,
+        "adapters": [f"{config.adapter_name}@champion"],
+        "registry": str(AdapterRegistry(config.registry or default_root()).root),
+        "models": models,
+        "label": config.experiment_name,
+        "search": experiment_path,
+    }
+    return build_config(EvalConfig, values)
+
+
+def evaluate_champion(
+    config: SearchConfig, base: TrainConfig, cache_uri: str, experiment_path: str, log
+) -> dict[str, Any]:
+    """Evaluate the champion against the base (see `champion_eval_config`); the report, the
+    history and the scores, for the search's result."""
+    from bluepri.eval import evaluate
+
+    result = evaluate(champion_eval_config(config, base, cache_uri, experiment_path), log=log)
+    return {
+        "report": result.report,
+        "eval_json": storage.join(result.out, "eval.json"),
+        "history": result.history,
+        "runs": [
+            {"label": r.label, "refine": r.refine, **r.scores.model_dump()} for r in result.runs
+        ],
+        "notes": result.notes,
+    }
