@@ -212,6 +212,7 @@ class ClusterRun:
     worker_nodes: set[str]
     train_nodes: set[str]
     render_nodes: set[str]
+    tune_root: Path
 
 
 def submit(cluster: LocalCluster, job_id: str, job: str, *args: str) -> subprocess.CompletedProcess:
@@ -326,6 +327,7 @@ def cluster_run(local_cluster: LocalCluster, prometheus: str, tmp_path_factory) 
         head_node=head, worker_nodes=workers,
         train_nodes=job_nodes(local_cluster, "bluepri-train-1", "RayTrainWorker"),
         render_nodes=job_nodes(local_cluster, "bluepri-render-1", "MapWorker"),
+        tune_root=root / "tune",
     )  # fmt: skip
 
 
@@ -373,6 +375,19 @@ def test_jobs_submitted_to_the_cluster_succeed_and_use_its_worker_nodes(
     rows = artifacts.read_render_manifest(str(cluster_run.render_out)).to_pylist()
     assert len(rows) == 12 and all(r["status"] == "rendered" for r in rows)
     assert all((cluster_run.render_out / r["image_path"]).stat().st_size > 0 for r in rows)
+    # The nightly search evaluated its champion against the base into the history.
+    from bluepri.eval import EvalResult
+    from bluepri.eval.history import read_history
+
+    evaluation = EvalResult.model_validate_json(
+        (cluster_run.tune_root / "night" / "eval" / "eval.json").read_text()
+    )
+    assert evaluation.label == "night" and len(evaluation.prompts) == 4
+    assert {r.label.split("@")[0] for r in evaluation.runs} == {"base", "blueprints"}
+    history = read_history(str(cluster_run.tune_root / "eval-history.parquet")).to_pylist()
+    assert {(h["eval"], h["run"]) for h in history} == {(evaluation.label, r.label)
+                                                         for r in evaluation.runs}  # fmt: skip
+    assert Path(evaluation.report).is_file()
     # The head holds no CPUs: training and rendering ran on the worker nodes.
     assert len(cluster_run.worker_nodes) == 2
     assert cluster_run.train_nodes and cluster_run.train_nodes <= cluster_run.worker_nodes

@@ -127,16 +127,60 @@ def write_sheet(base: list[Image.Image], paper: list[Image.Image], path: Path) -
     sheet.save(path)
 
 
-def test_the_adapter_lowers_the_heldout_loss_on_blueprints(demo_out: Path) -> None:
-    from bluepri.eval import heldout_loss
+def test_the_evaluation_finds_the_adapter_better_and_the_report_shows_it(
+    demo_out: Path, tmp_path: Path
+) -> None:
+    """Issue 14, acceptance 1 and 3: on the embedded default the demo's adapter beats the
+    base on held-out loss and blueprint score, measured by `evaluate`; the report shows both
+    and opens in chromium with every image loaded."""
+    from bluepri.eval import EvalResult, heldout_loss
+    from browser import chromium, save_screenshot
 
+    result = EvalResult.model_validate_json((demo_out / "eval" / "eval.json").read_text())
+    champion = AdapterRegistry(demo_out / "registry").champion("blueprints")
+    labels = ["base", "base", f"blueprints@{champion}", f"blueprints@{champion}"]
+    assert [r.label for r in result.runs] == labels
+    for refine in (False, True):
+        base, adapter = result.run("base", refine), result.run(f"blueprints@{champion}", refine)
+        print(f"\nrefine={refine}: base {base.scores}\n  adapter {adapter.scores}")
+        assert adapter.scores.heldout_loss < base.scores.heldout_loss
+        assert adapter.scores.blueprint_score > base.scores.blueprint_score + 0.3
+        assert adapter.differences["blueprint_score"] == pytest.approx(
+            adapter.scores.blueprint_score - base.scores.blueprint_score
+        )
+        for run in (base, adapter):  # every metric measured, FID/KID against real drawings
+            assert None not in (run.scores.clip_score, run.scores.fid, run.scores.kid_mean)
+            assert len(run.images) == len(result.prompts) >= 2
+    assert result.fid_features == "clip:tiny:clip" and result.reference.count >= 2
+    # The held-out loss is the training validation's: measured again here, the same number.
     cache = next((demo_out / "cache").glob("*/manifest.json")).parent
-    adapter = AdapterRegistry(demo_out / "registry").get("blueprints", "champion")
-    base_loss = heldout_loss(str(cache), "tiny:drawing-base")
-    adapter_loss = heldout_loss(str(cache), "tiny:drawing-base", adapter)
-    print(f"\nheld-out loss on the blueprint val split: base {base_loss:.4f}, "
-          f"adapter {adapter_loss:.4f}")  # fmt: skip
-    assert adapter_loss < base_loss
+    assert heldout_loss(str(cache), "tiny:drawing-base") == pytest.approx(
+        result.run("base", False).scores.heldout_loss, rel=1e-6
+    )
+    # The report shows both scores of both models, and the demo printed where it is.
+    report = Path(result.report)
+    page_text = report.read_text()
+    for refine in (False, True):
+        for label in ("base", f"blueprints@{champion}"):
+            scores = result.run(label, refine).scores
+            for value in (scores.heldout_loss, scores.blueprint_score):
+                assert f"{value:.4g}" in page_text
+    assert str(report) in (demo_out / "terminal.txt").read_text()
+    images = page_text.count("<img ")
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(report.as_uri())
+        # Lazy images load only when scrolled to: make them eager for the count.
+        page.evaluate("document.querySelectorAll('img').forEach((i) => i.loading = 'eager')")
+        page.wait_for_function(
+            "Array.from(document.images).every((i) => i.complete)", timeout=60_000
+        )
+        loaded = page.evaluate(
+            "Array.from(document.images).filter((i) => i.naturalWidth > 0).length"
+        )
+        save_screenshot(tmp_path, "demo-eval-report.png", page)
+    # summary, loss curves, 2 search plots, and 4 runs x the prompts
+    assert loaded == images == 4 + 4 * len(result.prompts)
 
 
 def test_shipped_drawing_weights_match_their_recipe() -> None:

@@ -127,14 +127,14 @@ def test_quiet_terminal_sends_library_output_to_the_log_and_puts_loggers_back(
             # A handler a library adds meanwhile lands on the redirected stderr: removed later.
             added = logging.StreamHandler(sys.stderr)
             logging.getLogger("ray.serve").addHandler(added)
-            say("[1/6] synthesising")
+            say("[1/7] synthesising")
         after = (list(data.handlers), data.propagate, data.level)
     finally:
         data.removeHandler(console)
     out, err = capsys.readouterr()
-    assert out == "[1/6] synthesising\n" and err == "" and shown == ["[1/6] synthesising"]
+    assert out == "[1/7] synthesising\n" and err == "" and shown == ["[1/7] synthesising"]
     text = log_path.read_text()
-    for line in ("Total Progress: 3/4", "No LoRA keys", "Trial status", "a bar 50%", "[1/6]"):
+    for line in ("Total Progress: 3/4", "No LoRA keys", "Trial status", "a bar 50%", "[1/7]"):
         assert line in text
     assert after == before
     assert added not in logging.getLogger("ray.serve").handlers

@@ -588,3 +588,20 @@ def test_a_refused_adapter_leaves_nothing_that_breaks_a_rerun(
         assert plan.prompts == ["a floor plan of a house", "a gear"]
         assert plan.seeds == [0, 1] and (plan.width, plan.height) == (64, 64)
     assert tree(inputs.root, inputs.home) == before
+
+
+def test_a_copy_a_killed_run_left_half_written_is_replaced(inputs: EvalInputs, tripwire) -> None:
+    """A run killed while copying an adapter into the evaluation's registry leaves a version
+    folder without its adapter.json (put's own cleanup never ran): the rerun must not be
+    blocked by it ("versions are immutable"), and gets a verified copy."""
+    out = inputs.out("killed")
+    sha = inputs.sha256(inputs.adapter)
+    partial = out / evaluate_module.ADAPTERS_DIR / f"local-{sha[:12]}" / "v0001"
+    partial.mkdir(parents=True)
+    (partial / "pytorch_lora_weights.safetensors").write_bytes(b"half a file")
+    with pytest.raises(ReachedRendering):
+        main(["eval", "--cache", str(inputs.cache), "--out", str(out), "--tiny",
+              "--adapter", str(inputs.adapter), f"prompts={inputs.prompts}"])  # fmt: skip
+    copy = Path(tripwire[0].adapters[0].folder)
+    assert copy == partial and inputs.sha256(copy) == sha
+    assert (copy / "adapter.json").is_file()

@@ -14,6 +14,7 @@ import typer
 
 from bluepri.config import (
     DemoConfig,
+    EvalConfig,
     ModelsConfig,
     PrepareConfig,
     PretrainConfig,
@@ -582,6 +583,47 @@ def render_command(
         typer.echo(line)
     if not result.ok:
         raise typer.Exit(1)
+
+
+EVAL_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command("eval", context_settings=EVAL_CONTEXT)
+def eval_command(
+    ctx: typer.Context,
+    cache: str = typer.Option(None, help="Prepared cache: held-out rows, captions, drawings."),
+    out: str = typer.Option(None, help="Evaluation folder: eval.json, report.html, renders/."),
+    adapter: list[str] = typer.Option(
+        None, "--adapter", help="Registry reference or adapter folder; repeat for several."
+    ),
+    registry: str = typer.Option(None, "--registry", envvar="BLUEPRI_REGISTRY", help=REGISTRY_HELP),
+    protocol: str = typer.Option(None, help="quick (a few dozen prompts) or mlperf-like."),
+    tiny: bool = typer.Option(
+        False, "--tiny", help="The tiny offline models (drawing base and refiner, tiny:clip)."
+    ),
+    config: Path = typer.Option(None, help="YAML with EvalConfig keys."),
+) -> None:
+    """Measure the base model and adapters on one held-out split and prompt set, fixed seeds:
+    held-out loss, blueprint score, CLIP score, FID/KID; writes report.html and summary.png.
+
+    Any EvalConfig key as KEY=VALUE, e.g. `max_prompts=8 steps=10 history=evals.parquet`.
+    """
+    flags = {
+        "cache": cache,
+        "out": out,
+        "adapters": adapter or None,
+        "registry": registry,
+        "protocol": protocol,
+        "models": ModelsConfig.drawing().model_dump() if tiny else None,
+        "clip_model": "tiny:clip" if tiny else None,
+    }
+    values = combine_overrides(flags, parse_overrides(EvalConfig, ctx.args))
+    if config is None:
+        values = apply_overrides({}, values)
+    cfg = config_from(EvalConfig, config, values)
+    from bluepri.eval import evaluate  # heavy imports only once the config is valid
+
+    evaluate(cfg, log=typer.echo)
 
 
 @app.command("tune")

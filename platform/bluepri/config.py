@@ -295,11 +295,19 @@ class ModelsConfig(StrictModel):
     # Batched requests give the same bytes as single ones (bluepri.generate.invariance);
     # off trades that guarantee for the fastest kernels.
     batch_invariant: bool = True
+    # The sampler: the base model's own (SDXL's is Euler), or Euler from its config, as
+    # MLPerf's SDXL benchmark fixes it.
+    scheduler: Literal["model", "euler"] = "model"
 
     @classmethod
     def tiny(cls) -> ModelsConfig:
-        """The offline tiny models: what the demo and the tests use."""
+        """The offline tiny random-weight models: what most tests use."""
         return cls(base="tiny:base", refiner="tiny:refiner")
+
+    @classmethod
+    def drawing(cls) -> ModelsConfig:
+        """The tiny models pretrained on plain drawings: what the demo uses."""
+        return cls(base="tiny:drawing-base", refiner="tiny:drawing-refiner")
 
 
 class DemoConfig(StrictModel):
@@ -314,11 +322,7 @@ class DemoConfig(StrictModel):
     high_noise_frac: float = Field(0.8, gt=0.0, lt=1.0)
     # Tiny models pretrained on plain drawings (dark ink on paper), so the blueprint LoRA's
     # effect shows on the contact sheet; ModelsConfig.tiny() is the random-weight pair.
-    models: ModelsConfig = Field(
-        default_factory=lambda: ModelsConfig(
-            base="tiny:drawing-base", refiner="tiny:drawing-refiner"
-        )
-    )
+    models: ModelsConfig = Field(default_factory=ModelsConfig.drawing)
     captioner: str = "tiny:blip"
     train_workers: int = Field(2, ge=1)
     # Enough steps for the adapter to turn the drawing base's paper into blueprint blue
@@ -602,6 +606,22 @@ class SearchConfig(StrictModel):
     registry: str | None = None  # default $BLUEPRI_HOME/registry
     adapter_name: str = "blueprints"
     promote: bool = True
+    # EvalConfig keys: after promotion, evaluate the champion against the base (the `quick`
+    # protocol by default) into <experiment>/eval and append it to the history (default
+    # <storage_path>/eval-history.parquet). None: no evaluation.
+    evaluation: dict[str, Any] | None = None
+
+    @field_validator("evaluation")
+    @classmethod
+    def evaluation_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Checked now, not after hours of search; the search sets what it decides itself.
+        if value is None:
+            return value
+        decided = sorted(set(value) & SEARCH_DECIDES_EVAL)
+        if decided:
+            raise ValueError(f"the search sets {', '.join(decided)} of its evaluation itself")
+        EvalConfig.model_validate({**value, "out": "-", "cache": "-"})
+        return value
 
     @field_validator("adapter_name")
     @classmethod
@@ -837,3 +857,93 @@ class RenderConfig(StrictModel):
         if refines and round(self.steps * (1 - self.high_noise_frac)) < 1:
             raise ValueError("too few steps for the refiner to run one; raise steps")
         return self
+
+
+EvalProtocolName = Literal["quick", "mlperf-like"]
+# EvalConfig keys a search's evaluation gets from the search (see SearchConfig.evaluation).
+SEARCH_DECIDES_EVAL = {"out", "cache", "adapters", "registry", "label", "search"}
+
+
+class EvalProtocol(StrictModel):
+    """How images are made for measuring; every result records the one it used.
+
+    Prompt i is generated from seed `seed + i` by every model measured, so base and adapters
+    start from the same initial latents ("fixed latents", as MLPerf's SDXL benchmark)."""
+
+    name: str
+    max_prompts: int = Field(ge=1)
+    steps: int = Field(ge=2, le=500)
+    guidance_scale: float = Field(ge=0.0, le=50.0)
+    scheduler: Literal["model", "euler"]
+    high_noise_frac: float = Field(0.8, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0)
+
+
+EVAL_PROTOCOLS = {
+    # A few dozen held-out prompts: the nightly check, minutes on a GPU.
+    "quick": EvalProtocol(
+        name="quick", max_prompts=32, steps=20, guidance_scale=5.0, scheduler="model"
+    ),
+    # MLPerf's SDXL shape: Euler, 20 steps, guidance 8, fixed latents, up to 5,000 prompts.
+    "mlperf-like": EvalProtocol(
+        name="mlperf-like", max_prompts=5000, steps=20, guidance_scale=8.0, scheduler="euler"
+    ),
+}
+
+
+class EvalConfig(StrictModel):
+    """`bluepri eval`: the base model and adapters measured on one held-out split and prompt
+    set, with fixed seeds: held-out loss, blueprint score, CLIP score, FID/KID; a report.
+
+    `adapters` are registry references (`blueprints`, `blueprints@v0003`, `name@champion`)
+    or adapter folders. The prompts are the cache's held-out captions unless `prompts` names
+    a catalogue (CSV, JSONL or parquet with a `prompt` column); FID/KID compare with the
+    cache's held-out source drawings unless `reference_images` names a folder of drawings.
+    """
+
+    out: str  # evaluation folder: eval.json, metrics.parquet, report.html, renders/
+    cache: str  # a prepared cache folder (held-out split: loss rows, captions, drawings)
+    adapters: list[str] = Field(default_factory=list)
+    registry: str | None = None  # default $BLUEPRI_HOME/registry
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    protocol: EvalProtocolName = "quick"
+    # Protocol settings a run may override (recorded in the results either way).
+    max_prompts: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=2, le=500)
+    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
+    seed: int | None = Field(None, ge=0)
+    prompts: str | None = None
+    reference_images: str | None = None
+    width: int | None = Field(None, ge=64, le=4096, multiple_of=8)  # default: the cache's
+    height: int | None = Field(None, ge=64, le=4096, multiple_of=8)
+    refiner_variants: bool = True  # also measure every model with the refiner, when configured
+    clip_model: str = "openai/clip-vit-large-patch14"
+    # FID/KID features: torchmetrics' Inception (torch-fidelity and its weights present),
+    # the CLIP model's image embeddings, or auto (Inception when present, else CLIP).
+    fid_features: Literal["auto", "inception", "clip"] = "auto"
+    kid_subset_size: int = Field(50, ge=2)
+    history: str | None = None  # parquet of earlier evaluations to append this one to
+    search: str | None = None  # a search's experiment folder: its results in the report
+    label: str | None = None  # this evaluation in the history (default: its start time)
+    base_actors: int = Field(1, ge=1)
+    refiner_actors: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1)
+
+    @field_validator("out", "cache")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def resolved_protocol(self) -> EvalProtocol:
+        """The preset with this run's overrides applied."""
+        overrides = {
+            "max_prompts": self.max_prompts,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "seed": self.seed,
+        }
+        return EVAL_PROTOCOLS[self.protocol].model_copy(
+            update={k: v for k, v in overrides.items() if v is not None}
+        )

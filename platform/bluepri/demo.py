@@ -7,7 +7,9 @@ registry, searches learning rate, rank and snr_gamma on the same cache (Ray Tune
 ASHA) and promotes the winner only if it beats that champion, then renders a catalogue of
 prompts on Ray Data (`bluepri.render`: base and refiner actor pools) through the paper's
 two-stage base -> refiner process with both prompts, with and without the champion, into
-a manifest, contact sheets and an HTML gallery.
+a manifest, contact sheets and an HTML gallery, and finally evaluates the base against the
+champion on the held-out split (`bluepri.eval`: held-out loss, blueprint score, CLIP score,
+FID/KID) into one HTML report.
 
 The base model draws plain drawings (dark ink on paper; the tiny drawing models are
 pretrained on the synthetic set's `paper` style) and the adapter learns blueprints, so the
@@ -35,6 +37,7 @@ from pydantic import BaseModel
 from bluepri import artifacts
 from bluepri.config import (
     DemoConfig,
+    EvalConfig,
     PrepareConfig,
     RenderConfig,
     SearchConfig,
@@ -47,7 +50,8 @@ from bluepri.data.prepare import CacheInfo, prepare
 from bluepri.data.synth import synthesize
 from bluepri.demolog import heartbeat, quiet_terminal
 from bluepri.errors import BluepriError
-from bluepri.eval import DrawingStats, PaletteScore, blueprint_score, drawing_stats
+from bluepri.eval import DrawingStats, PaletteScore, blueprint_score, drawing_stats, evaluate
+from bluepri.eval.results import EVAL_JSON
 from bluepri.generate import GenerationRequest
 from bluepri.imaging import LABEL_COLOUR, SHEET_BACKGROUND, contact_sheet, fit_to_cell
 from bluepri.registry import AdapterRegistry
@@ -75,6 +79,7 @@ NEGATIVE_PROMPT = "photo, colour photograph, blurry"
 ADAPTER_NAME = "blueprints"
 DEMO_LOG = "demo.log"  # under the output folder: the libraries' output
 SCORES_JSON = "scores.json"
+EVAL_DIR = "eval"
 LIBRARIES_LOGGING_ON_IMPORT = ("ray.data", "diffusers", "transformers", "optuna")
 
 
@@ -105,6 +110,8 @@ class DemoResult(BaseModel):
     scores: dict[str, ImageScores] = {}
     scores_file: str = ""
     log_file: str = ""  # what Ray, Tune and the model libraries said during the demo
+    report: str = ""  # the evaluation's report.html: base vs champion, measured
+    evaluation: str = ""  # its eval.json
 
 
 def catalogue_requests(config: DemoConfig) -> list[GenerationRequest]:
@@ -149,16 +156,16 @@ def run_steps(
 ) -> DemoResult:
     """The six steps, each announced by one line; sub-steps' lines indented under it."""
     indented = indent(say)
-    say(f"[1/6] synthesising {config.dataset_size} blueprint drawings (white lines on blue)")
+    say(f"[1/7] synthesising {config.dataset_size} blueprint drawings (white lines on blue)")
     dataset_dir, dataset_sheet = synthesise_dataset(config, out)
     say(f"  {dataset_dir} (a sample: {dataset_sheet})")
 
-    say("[2/6] preparing the training cache (Ray Data: validate, dedup, caption, encode)")
+    say("[2/7] preparing the training cache (Ray Data: validate, dedup, caption, encode)")
     with heartbeat(say, "preparing"):
         cache = prepare(demo_prepare_config(config, dataset_dir, out), log=indented)
     say(f"  cache: {cache.uri}")
 
-    say(f"[3/6] training a LoRA adapter on Ray Train ({config.train_workers} workers)")
+    say(f"[3/7] training a LoRA adapter on Ray Train ({config.train_workers} workers)")
     with heartbeat(say, "training"):
         trained = train(demo_train_config(config, cache.uri, out), log=indented)
     say(
@@ -174,11 +181,11 @@ def run_steps(
     champion = registry.get(ADAPTER_NAME, "champion")
     say(f"  champion: {ADAPTER_NAME}/{registry.champion(ADAPTER_NAME)}")
 
-    say("[5/6] serving the registry over HTTP (Ray Serve: Ingress -> Base -> Refiner)")
+    say("[5/7] serving the registry over HTTP (Ray Serve: Ingress -> Base -> Refiner)")
     served = serve_demo(config, out, registry, say)
 
     say(
-        f"[6/6] rendering {len(requests)} catalogue prompts on Ray Data (base and refiner "
+        f"[6/7] rendering {len(requests)} catalogue prompts on Ray Data (base and refiner "
         "actor pools), with the base model alone and with the champion adapter"
     )
     rendered = render(demo_render_config(config, requests, out, registry), log=indented)
@@ -194,6 +201,13 @@ def run_steps(
     )
     for line in score_lines(scores):
         say(f"  {line}")
+
+    say("[7/7] evaluating the base against the champion (held-out loss, blueprint score, CLIP "
+        "score, FID/KID; one report)")  # fmt: skip
+    with heartbeat(say, "evaluating"):
+        evaluated = evaluate(demo_eval_config(config, cache.uri, out, search), log=lambda _: None)
+    for line in evaluated.summary_lines()[1:]:
+        say(f"  {line.strip()}")
     return DemoResult(
         out_dir=str(out),
         dataset_dir=dataset_dir,
@@ -209,6 +223,8 @@ def run_steps(
         scores=scores,
         scores_file=str(out / SCORES_JSON),
         log_file=str(out / DEMO_LOG),
+        report=evaluated.report or "",
+        evaluation=str(out / EVAL_DIR / EVAL_JSON),
     )
 
 
@@ -229,10 +245,10 @@ def run_search(
 ) -> TuneResult | None:
     """Step 4: the search on the same cache, promoting its winner if it beats the champion."""
     if not config.tune_trials:
-        say("[4/6] searching: skipped (tune_trials is 0)")
+        say("[4/7] searching: skipped (tune_trials is 0)")
         return None
     say(
-        f"[4/6] searching learning rate, rank and snr_gamma: {config.tune_trials} trials on "
+        f"[4/7] searching learning rate, rank and snr_gamma: {config.tune_trials} trials on "
         "the same cache (Ray Tune + Optuna TPE + ASHA)"
     )
     search_config = demo_search_config(config, cache_uri, out)
@@ -260,6 +276,7 @@ def closing_lines(result: DemoResult, seconds: float) -> list[str]:
     """Where to look once the demo is done."""
     return [
         f"done in {seconds / 60:.1f} min. Look at:",
+        f"  {result.report}  the evaluation: base vs champion, measured, side by side",
         f"  {result.contact_sheet}  prompts in rows: base model | with the adapter",
         f"  {result.gallery}  every render, with its prompt and settings",
         f"  {result.dataset_sheet}  the training drawings",
@@ -517,6 +534,30 @@ def demo_search_config(config: DemoConfig, cache_uri: str, out: Path) -> SearchC
                 "num_train_epochs": config.tune_epochs,
                 "num_validation_images": 0,
             },
+        },
+    )
+
+
+def demo_eval_config(
+    config: DemoConfig, cache_uri: str, out: Path, search: TuneResult | None
+) -> EvalConfig:
+    """The `quick` protocol on the cache's held-out captions and drawings, at the demo's
+    size and steps, scored with the tiny CLIP; the champion against the base."""
+    return build_config(
+        EvalConfig,
+        {
+            "out": str(out / EVAL_DIR),
+            "cache": cache_uri,
+            "adapters": [f"{ADAPTER_NAME}@champion"],
+            "registry": str(out / "registry"),
+            "models": config.models.model_dump(),
+            "protocol": "quick",
+            "steps": config.steps,
+            "clip_model": "tiny:clip",
+            "label": "demo",
+            "search": search.experiment_path if search else None,
+            "history": str(out / "eval-history.parquet"),
+            "batch_size": 2,
         },
     )
 

@@ -77,7 +77,16 @@ def load_pipelines(models: ModelsConfig, max_adapters: int = 8) -> Pipelines:
     for pipe in (base, refiner):
         if pipe is not None:
             pipe.set_progress_bar_config(disable=True)
+            use_scheduler(pipe, models.scheduler)
     return Pipelines(base=base, refiner=refiner, models=models, max_adapters=max_adapters)
+
+
+def use_scheduler(pipe: Any, scheduler: str) -> None:
+    """`model`: the pipeline's own sampler; `euler`: Euler from its config (MLPerf's SDXL)."""
+    if scheduler == "euler":
+        from diffusers import EulerDiscreteScheduler
+
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
 
 def refiner_seed(seed: int) -> int:

@@ -33,7 +33,7 @@ from bluepri.models.tiny import (
     file_digests,
 )
 
-ModelKind = Literal["base", "refiner", "captioner", "vae"]
+ModelKind = Literal["base", "refiner", "captioner", "vae", "clip"]
 TINY_PREFIX = "tiny:"
 TINY_SEED = 0
 # A hub id: `owner/name` or a bare `name`, letters, digits and -_. only (no path tricks).
@@ -134,6 +134,7 @@ MARKER_FILES = {
     "refiner": "model_index.json",
     "captioner": "config.json",
     "vae": "config.json",
+    "clip": "config.json",
 }
 
 
@@ -258,3 +259,23 @@ def load_captioner(
     )
     processor = from_pretrained(BlipProcessor, resolved, "captioner")
     return Captioner(model=model.to(device).eval(), processor=processor, ref=ref)
+
+
+def load_clip(ref: str, *, device: str = "cpu") -> tuple[Any, Any]:
+    """A `CLIPModel` + `CLIPProcessor` (the scorer of evaluations), in float32, eval mode."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    quiet_progress_bars()
+    resolved = resolve_ref(ref, "clip")
+    model = from_pretrained(CLIPModel, resolved, "clip")
+    processor = from_pretrained(CLIPProcessor, resolved, "clip")
+    return model.to(device).eval(), processor
+
+
+def quiet_progress_bars() -> None:
+    """No per-file loading bars in worker logs (every worker would print its own)."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()

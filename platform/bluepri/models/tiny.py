@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-TINY_NAMES = ("base", "refiner", "blip")
+TINY_NAMES = ("base", "refiner", "blip", "clip")
 # Trained, not random: shipped in the package, made by `bluepri models pretrain-tiny`.
 DRAWING_NAMES = ("drawing-base", "drawing-refiner")
 DRAWING_ROOT = Path(__file__).parent / "drawing"
@@ -386,7 +386,45 @@ def save_tiny_blip(folder: Path, seed: int) -> None:
     BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
 
-BUILDERS = {"base": save_tiny_base, "refiner": save_tiny_refiner, "blip": save_tiny_blip}
+def save_tiny_clip(folder: Path, seed: int) -> None:
+    """Build and save a CLIPModel + CLIPProcessor folder: the scorer of evaluations (CLIP
+    score, and FID/KID features when Inception's weights are absent), in the layout of
+    `openai/clip-vit-large-patch14` (tokenizer, image processor, model in one folder)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    scratch = folder / "tokenizer-files"
+    vocab = write_clip_tokenizer(scratch)
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(scratch)
+    config = CLIPConfig(
+        text_config=clip_text_config(vocab, TE1_WIDTH, projection_dim=32).to_dict(),
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 64,
+            "patch_size": 8,
+            "projection_dim": 32,
+        },
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    keep_clip_files(scratch, [folder])
+
+
+BUILDERS = {
+    "base": save_tiny_base,
+    "refiner": save_tiny_refiner,
+    "blip": save_tiny_blip,
+    "clip": save_tiny_clip,
+}
 
 
 def build_tiny(name: str, folder: Path, seed: int = 0) -> Path:

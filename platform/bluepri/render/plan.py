@@ -266,6 +266,8 @@ def request_sha256(planned: dict[str, Any], config: RenderConfig) -> str:
         device=models.device.split(":")[0],
         batch_invariant=models.batch_invariant,
     )
+    if models.scheduler != "model":  # absent by default: earlier manifests' hashes stand
+        decisive["scheduler"] = models.scheduler
     text = json.dumps(decisive, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 

@@ -202,6 +202,8 @@ def summary_lines(result) -> list[str]:
         lines.append(
             f"promotion: {result.promotion.get('decision')} — {result.promotion.get('reason')}"
         )
+    if result.evaluation:
+        lines.append(f"evaluation: {result.evaluation.get('report')}")
     lines.append(f"table: {result.results_csv}")
     lines += [f"plot: {p}" for p in result.plots]
     return lines

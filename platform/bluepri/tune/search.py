@@ -50,6 +50,7 @@ class TuneResult(BaseModel):
     plots: list[str]
     seconds: float
     promotion: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None  # the champion's evaluation (report, scores)
 
 
 def ray_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
@@ -261,7 +262,7 @@ def tune(
     """Run (or resume) the search; write the results table and plots; promote the winner."""
     from ray import tune as ray_tune
 
-    from bluepri.tune.promote import promote_best
+    from bluepri.tune.promote import evaluate_champion, promote_best
     from bluepri.tune.results import summarise
 
     started = time.perf_counter()
@@ -309,4 +310,7 @@ def tune(
         )
     if config.promote and result.best_adapter:
         result.promotion = promote_best(config, result, base, log)
+        if config.evaluation is not None:
+            log("evaluating the champion against the base")
+            result.evaluation = evaluate_champion(config, base, cache_uri, path, log)
     return result
