@@ -544,10 +544,19 @@ def adapters_export(
     typer.echo(open_registry(registry).export(name, version, out, format=format))
 
 
-RENDER_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+# Commands that take any of their config's keys as KEY=VALUE after the flags.
+OVERRIDES_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-@app.command("render", context_settings=RENDER_CONTEXT)
+def config_with_overrides(model: type, ctx: typer.Context, flags: dict, config: Path | None):
+    """Flags, then KEY=VALUE overrides, over an optional YAML file, validated into `model`."""
+    values = combine_overrides(flags, parse_overrides(model, ctx.args))
+    if config is None:
+        values = apply_overrides({}, values)  # no file: UNSET keys are simply left out
+    return config_from(model, config, values)
+
+
+@app.command("render", context_settings=OVERRIDES_CONTEXT)
 def render_command(
     ctx: typer.Context,
     catalogue: str = typer.Option(None, help="Catalogue: CSV, JSONL or parquet (path or URI)."),
@@ -572,10 +581,7 @@ def render_command(
         "registry": registry,
         "models": ModelsConfig.tiny().model_dump() if tiny else None,
     }
-    values = combine_overrides(flags, parse_overrides(RenderConfig, ctx.args))
-    if config is None:
-        values = apply_overrides({}, values)  # no file: UNSET keys are simply left out
-    cfg = config_from(RenderConfig, config, values)
+    cfg = config_with_overrides(RenderConfig, ctx, flags, config)
     from bluepri.render import render  # heavy imports only once the config is valid
 
     result = render(cfg, log=typer.echo)
@@ -585,10 +591,7 @@ def render_command(
         raise typer.Exit(1)
 
 
-EVAL_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-@app.command("eval", context_settings=EVAL_CONTEXT)
+@app.command("eval", context_settings=OVERRIDES_CONTEXT)
 def eval_command(
     ctx: typer.Context,
     cache: str = typer.Option(None, help="Prepared cache: held-out rows, captions, drawings."),
@@ -617,10 +620,7 @@ def eval_command(
         "models": ModelsConfig.drawing().model_dump() if tiny else None,
         "clip_model": "tiny:clip" if tiny else None,
     }
-    values = combine_overrides(flags, parse_overrides(EvalConfig, ctx.args))
-    if config is None:
-        values = apply_overrides({}, values)
-    cfg = config_from(EvalConfig, config, values)
+    cfg = config_with_overrides(EvalConfig, ctx, flags, config)
     from bluepri.eval import evaluate  # heavy imports only once the config is valid
 
     evaluate(cfg, log=typer.echo)

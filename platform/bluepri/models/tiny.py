@@ -331,6 +331,15 @@ def file_digests(root: Path, folders: Iterable[str]) -> dict[str, str]:
     return digests
 
 
+# The vision tower of the tiny BLIP and CLIP: a ViT on 64 px images in 8 px patches.
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 64,
+    "patch_size": 8,
+}
 BLIP_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -369,14 +378,7 @@ def save_tiny_blip(folder: Path, seed: int) -> None:
             "sep_token_id": ids["[SEP]"],
             "eos_token_id": ids["[SEP]"],
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 64,
-            "patch_size": 8,
-        },
+        vision_config=dict(TINY_VISION),
         projection_dim=32,
     )
     torch.manual_seed(seed)
@@ -399,15 +401,7 @@ def save_tiny_clip(folder: Path, seed: int) -> None:
     tokenizer = CLIPTokenizer.from_pretrained(scratch)
     config = CLIPConfig(
         text_config=clip_text_config(vocab, TE1_WIDTH, projection_dim=32).to_dict(),
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 64,
-            "patch_size": 8,
-            "projection_dim": 32,
-        },
+        vision_config={**TINY_VISION, "projection_dim": 32},
         projection_dim=32,
     )
     torch.manual_seed(seed)
