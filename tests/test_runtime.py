@@ -5,6 +5,7 @@ stale "current cluster" file says.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,40 @@ def test_train_starts_its_own_ray_despite_a_stale_current_cluster_file(
     assert done.returncode == 0, done.stderr[-3000:]
     assert artifacts.has_adapter(str(out))
     assert (out / artifacts.WEIGHTS_NAME).stat().st_size > 0
+    # Where the run's wall time went, in metrics.json and on the terminal (issue 15).
+    timings = json.loads((out / artifacts.METRICS_JSON).read_text())["timings"]
+    phases = {k: v for k, v in timings.items() if k != "total"}
+    for phase in ("ray", "data", "worker_group_start", "model_load", "first_step", "steps",
+                  "validation", "checkpoints", "artifact", "worker_group_stop"):  # fmt: skip
+        assert phase in phases, phase
+    assert all(v >= 0 for k, v in phases.items() if k != "fit_other"), timings
+    assert sum(phases.values()) == pytest.approx(timings["total"], abs=0.05)
+    assert phases["ray"] > 0.1 and phases["worker_group_start"] > 0.1  # really started
+    assert "where the time went:" in done.stdout and "worker_group_start" in done.stdout
+
+
+def test_every_process_of_bluepri_ray_polls_train_workers_often(ray_session) -> None:
+    """Ray Train's controller checks its workers every 2 s by default, which a short run pays
+    at each checkpoint and at its end: a local bluepri Ray gives every process the shorter
+    interval, and so do the job runtime env and the platform image on clusters."""
+    import ray
+    import yaml
+
+    from bluepri.runtime import TRAIN_POLL_ENV
+
+    @ray.remote(num_cpus=0)
+    def environment() -> dict[str, str | None]:
+        import os
+
+        return {name: os.environ.get(name) for name in TRAIN_POLL_ENV}
+
+    assert ray.get(environment.remote()) == TRAIN_POLL_ENV
+    repo = Path(__file__).resolve().parents[1]
+    job_env = yaml.safe_load((repo / "jobs" / "runtime_env.yaml").read_text())["env_vars"]
+    dockerfile = (repo / "cluster" / "Dockerfile").read_text().splitlines()
+    for name, value in TRAIN_POLL_ENV.items():
+        assert job_env[name] == value
+        assert f"ENV {name}={value}" in dockerfile
 
 
 @pytest.mark.parametrize(

@@ -401,6 +401,11 @@ def train_command(
     from bluepri.train import train  # heavy imports only once the config is valid
 
     result = train(cfg, log=typer.echo)
+    from bluepri.timings import timing_lines
+
+    typer.echo("where the time went:")
+    for line in timing_lines(result.timings):
+        typer.echo(line)
     typer.echo(
         f"{result.global_step} steps; held-out loss {result.initial_val_loss} -> "
         f"{result.final_val_loss}"

@@ -39,6 +39,7 @@ from bluepri.denoising import (
     unet_prediction,
 )
 from bluepri.telemetry import train_metrics
+from bluepri.timings import PhaseClock
 from bluepri.train.artifact import publish_folder, write_adapter
 from bluepri.train.checkpoint import (
     TrainState,
@@ -60,6 +61,8 @@ from bluepri.train.models import (
 from bluepri.train.report import Tracker, loss_curve_png, open_tracker
 from bluepri.train.validation import png_bytes, validation_images
 
+# The summary key of rank 0's phases and wall-clock start/end (`bluepri.timings`).
+WORKER_TIME = "worker_time"
 # The report key numbering validations (1, 2, ...): Tune's ASHA uses it as its time axis.
 VALIDATION = "validation"
 
@@ -78,6 +81,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
     import ray.train.torch
 
+    clock = PhaseClock()  # where this worker's time goes (rank 0's lands in the summary)
+    loop_started = time.time()
     config = TrainConfig.model_validate(loop_config["config"])
     plan = TrainPlan.model_validate(loop_config["plan"])
     context = ray.train.get_context()
@@ -100,10 +105,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     params = models.parameters()
     run = WorkerRun(rank, models, optimizer, lr_scheduler, grad_scaler)
     worker_metrics = train_metrics(loop_config["run_name"], rank)  # dashboards/training.json
+    clock.lap("model_load")
 
     # 2. Data: the cache's rows, in memory; the order comes from (seed, epoch, rank).
     train_rows = read_split(plan.cache_uri, "train")
     val_rows = read_split(plan.cache_uri, "val")
+    clock.lap("data_read")
 
     # 3. Resume: after a crash Ray hands back the run's latest checkpoint; otherwise the
     #    one named by --resume_from_checkpoint, if any.
@@ -126,6 +133,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     else:
         state = TrainState(plan=plan.model_dump())
 
+    clock.lap("resume")
     tracker = Tracker()
     if rank == 0:
         tracker = open_tracker(
@@ -150,14 +158,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         world_size=world_size,
         device=device,
     )
+    clock.lap("tracker_open")
     if state.global_step == 0 and state.initial_val_loss is None:
         state.initial_val_loss = measure_val_loss()
         state.history.append({"step": 0, "epoch": 0, "val_loss": state.initial_val_loss})
         if state.initial_val_loss is not None:  # the curves start at the base model
             tracker.log({"val_loss": state.initial_val_loss}, step=0)
+    clock.lap("validation")
 
     # 4. Train.
     window = ThroughputWindow()
+    steps_taken = 0  # by this attempt: its first step pays the warm-up
     if not state.finished:  # a run that crashed after its final checkpoint only publishes
         for epoch in range(state.epoch, plan.num_epochs):
             state.epoch = epoch
@@ -206,6 +217,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 local_samples = sum(len(b["caption"]) for b in micro_batches)
                 samples = local_samples * world_size
                 seconds = time.perf_counter() - started
+                clock.add("first_step" if steps_taken == 0 else "steps", seconds)
+                steps_taken += 1
                 worker_metrics.step(step_loss, lr, local_samples, seconds)
                 window.add(step_loss, samples, seconds)
                 state.samples_seen += samples
@@ -216,7 +229,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 tracker.log({"train_loss": step_loss, "lr": lr}, step=state.global_step)
 
                 if state.global_step % config.checkpointing_steps == 0:
-                    report_checkpoint(checkpoint_name(state.global_step), state, window, run)
+                    with clock.phase("checkpoints"):
+                        report_checkpoint(checkpoint_name(state.global_step), state, window, run)
                     crash_for_test(loop_config.get("crash"), state.global_step, rank, world_size)
                 if state.global_step >= plan.max_train_steps:
                     break
@@ -224,6 +238,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             # End of epoch: held-out loss and sample images every --validation_epochs.
             done = state.global_step >= plan.max_train_steps or epoch + 1 == plan.num_epochs
             if (epoch + 1) % config.validation_epochs == 0 or done:
+                validation_started = time.perf_counter()
                 val_loss = measure_val_loss()
                 state.history.append(
                     {"step": state.global_step, "epoch": epoch + 1, "val_loss": val_loss}
@@ -239,6 +254,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 # rungs. Counted from the run's history, so a resumed run numbers on.
                 metrics = window.metrics(state, lr_scheduler.get_last_lr()[0])
                 ray.train.report({**metrics, VALIDATION: validations_done(state)})
+                clock.add("validation", time.perf_counter() - validation_started)
             if state.next_batch == len(batches):  # the position moves on to the next epoch
                 state.epoch, state.next_batch = epoch + 1, 0
             if done:
@@ -246,7 +262,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         state.finished = True
 
         # The final state, so `--resume_from_checkpoint latest` can train on from here.
-        report_checkpoint(checkpoint_name(state.global_step) + "-final", state, window, run)
+        with clock.phase("checkpoints"):
+            report_checkpoint(checkpoint_name(state.global_step) + "-final", state, window, run)
+    known = sum(clock.seconds.get(k, 0.0) for k in ("first_step", "steps", "validation",
+                                                      "checkpoints"))  # fmt: skip
+    clock.lap("training")  # the loop's whole wall time, for now
+    clock.add("loop_other", clock.seconds.pop("training") - known)  # data loading, epochs
 
     # 5. The adapter artifact, from rank 0 (every rank holds the same weights).
     summary = summarise(state, plan, models)
@@ -254,7 +275,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if rank == 0:
         publish_artifact(models, config, plan, loop_config["config"], state, summary)
     barrier()
-    return summary if rank == 0 else None
+    clock.lap("artifact")
+    # The driver adds its own phases and writes them all to metrics.json (`trainer.py`).
+    worker_time = {"phases": clock.as_dict(), "started": loop_started, "ended": time.time()}
+    return {**summary, WORKER_TIME: worker_time} if rank == 0 else None
 
 
 # -- one step -----------------------------------------------------------------------------

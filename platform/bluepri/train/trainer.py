@@ -21,6 +21,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -34,9 +35,10 @@ from bluepri.artifacts import LOSS_CURVE, METRICS_JSON, read_adapter_info, read_
 from bluepri.config import PrepareConfig, TrainConfig, build_config
 from bluepri.errors import BluepriError
 from bluepri.models.loading import resolve_ref
+from bluepri.timings import PhaseClock
 from bluepri.train.checkpoint import STATE, latest_checkpoint
 from bluepri.train.data import TrainPlan, batches_per_epoch
-from bluepri.train.loop import RESUME_KEYS
+from bluepri.train.loop import RESUME_KEYS, WORKER_TIME
 from bluepri.train.models import text_encoder_rates
 from bluepri.train.report import require_tracker
 
@@ -66,6 +68,7 @@ class TrainResult(BaseModel):
     cache_uri: str
     cache_fingerprint: str
     seed: int
+    timings: dict[str, float] = {}  # seconds per phase of the run (`bluepri.timings`)
 
 
 def train(
@@ -79,6 +82,7 @@ def train(
     `callbacks` are extra Ray Train callbacks (e.g. Tune's `TuneReportCallback` when a Tune
     trial runs this function).
     """
+    clock = PhaseClock()
     config = with_resolved_paths(config)
     check_base_model(config.pretrained_model_name_or_path)
     if config.pretrained_vae_model_name_or_path:
@@ -93,7 +97,13 @@ def train(
         seed = resume_state["plan"]["seed"] if resume_state else secrets.randbelow(2**31)
         config = build_config(TrainConfig, {**config.model_dump(), "seed": seed})
 
+    clock.lap("checks")
+    from bluepri.runtime import ensure_ray
+
+    ensure_ray()  # first: the data stage runs on it too, and its start is timed on its own
+    clock.lap("ray")
     cache_uri = cache_for(config, log)
+    clock.lap("data")
     plan = make_plan(config, cache_uri)
     if resume_state:
         check_same_plan(resume_state, plan)
@@ -103,11 +113,13 @@ def train(
         f"worker(s); run {run_name}"
     )
 
-    from bluepri.runtime import ensure_ray
-
-    ensure_ray()
+    clock.lap("checks")
+    fit_started = time.time()
     result = fit(config, plan, run_name, resume_from, callbacks)
     summary = result.return_value or {}
+    clock.lap("fit")
+    timings = run_timings(clock, summary.get(WORKER_TIME), fit_started, time.time())
+    record_timings(config.output_dir, timings)
     info = read_adapter_info(config.output_dir)
     if config.push_to_hub:
         push_to_hub(config.output_dir, config.hub_model_id, log)
@@ -130,7 +142,42 @@ def train(
         cache_uri=plan.cache_uri,
         cache_fingerprint=plan.cache_fingerprint,
         seed=plan.seed,
+        timings=timings,
     )
+
+
+def run_timings(
+    clock: PhaseClock, worker: dict[str, Any] | None, fit_started: float, fit_ended: float
+) -> dict[str, float]:
+    """The driver's phases, with `fit` split into the worker group's start (Ray Train's
+    controller, the workers' processes, the torch process group), rank 0's own phases, and
+    the group's shutdown. A run that restarted after a crash counts the last attempt's
+    phases; the time of the earlier ones stays in the start."""
+    timings = clock.as_dict()
+    fit = timings.pop("fit", 0.0)
+    if worker:
+        phases = worker.get("phases", {})
+        start = max(0.0, worker["started"] - fit_started)
+        shutdown = max(0.0, fit_ended - worker["ended"])
+        timings["worker_group_start"] = round(start, 3)
+        timings.update(phases)
+        timings["worker_group_stop"] = round(shutdown, 3)
+        # What the clocks could not split (e.g. clock skew between nodes), kept visible.
+        rest = fit - start - shutdown - sum(phases.values())
+        timings["fit_other"] = round(rest, 3)
+    else:
+        timings["fit"] = fit
+    timings["total"] = round(sum(clock.seconds.values()), 3)
+    return timings
+
+
+def record_timings(output_dir: str, timings: dict[str, float]) -> None:
+    """Add the run's timings to its metrics.json (written by rank 0 before the driver knew
+    them)."""
+    uri = storage.join(output_dir, METRICS_JSON)
+    if storage.is_file(uri):
+        metrics = json.loads(storage.read_bytes(uri))
+        storage.write_bytes(uri, json.dumps({**metrics, "timings": timings}, indent=1).encode())
 
 
 def fit(
