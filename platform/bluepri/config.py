@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -37,6 +38,15 @@ BLUEPRINT_FAMILIES = (
     "furniture",
     "kitchen",
 )
+
+
+def not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(not_blank)]  # a path or URI that says something
 
 
 class StrictModel(BaseModel):
@@ -790,8 +800,8 @@ class RenderConfig(StrictModel):
     Base and refiner run in separate actor pools of their own sizes.
     """
 
-    catalogue: str  # CSV, JSONL or parquet; local path or pyarrow URI
-    out: str  # render folder (local path or URI): images/, manifest.parquet, gallery.html
+    catalogue: NonBlank  # CSV, JSONL or parquet; local path or pyarrow URI
+    out: NonBlank  # render folder (local path or URI): images/, manifest.parquet, gallery.html
     catalogue_format: CatalogueFormat = "auto"  # auto: by the file's suffix
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     registry: str | None = None  # default $BLUEPRI_HOME/registry
@@ -826,13 +836,6 @@ class RenderConfig(StrictModel):
     block_rows: int = Field(16, ge=1, le=4096)
     contact_sheet_images: int = Field(1000, ge=0)  # the first N rendered rows; 0: none
     progress_interval_s: float = Field(5.0, gt=0.0)
-
-    @field_validator("catalogue", "out")
-    @classmethod
-    def not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
 
     @field_validator("adapter")
     @classmethod
@@ -901,8 +904,8 @@ class EvalConfig(StrictModel):
     cache's held-out source drawings unless `reference_images` names a folder of drawings.
     """
 
-    out: str  # evaluation folder: eval.json, metrics.parquet, report.html, renders/
-    cache: str  # a prepared cache folder (held-out split: loss rows, captions, drawings)
+    out: NonBlank  # evaluation folder: eval.json, metrics.parquet, report.html, renders/
+    cache: NonBlank  # a prepared cache folder (held-out split: loss rows, captions, drawings)
     adapters: list[str] = Field(default_factory=list)
     registry: str | None = None  # default $BLUEPRI_HOME/registry
     models: ModelsConfig = Field(default_factory=ModelsConfig)
@@ -928,13 +931,6 @@ class EvalConfig(StrictModel):
     base_actors: int = Field(1, ge=1)
     refiner_actors: int = Field(1, ge=1)
     batch_size: int = Field(4, ge=1)
-
-    @field_validator("out", "cache")
-    @classmethod
-    def not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
 
     def resolved_protocol(self) -> EvalProtocol:
         """The preset with this run's overrides applied."""
