@@ -43,6 +43,7 @@ ADAPTERS_DIR = "adapters"  # the evaluation's own registry: copies of what was m
 RENDERS_DIR = "renders"
 CATALOGUE = "catalogue.jsonl"
 REFERENCE_MAX = 5000  # real drawings read for FID/KID at most
+RECORDED_MODEL_KEYS = ("base", "refiner", "vae", "dtype", "device")
 
 
 @dataclass
@@ -83,42 +84,80 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> EvalResu
     """Measure the base and `config.adapters` (see the module doc); write results + report."""
     started = time.perf_counter()
     out = storage.absolute(config.out)  # a local folder or a URI (shared storage)
-    protocol = config.resolved_protocol()
     manifest = artifacts.read_manifest(config.cache)
     check_cache_base(config, manifest)
+    protocol = config.resolved_protocol()
     prompts = prompt_set(config, protocol)
-    seeds = [protocol.seed + i for i in range(len(prompts))]
-    width = config.width or int(manifest.config.get("resolution") or 1024)
-    height = config.height or width
     checked = check_adapters(config)  # every refusal before anything heavy is loaded
     clip = load_scorer(config.clip_model)
     adapters = copy_adapters(checked, storage.join(out, ADAPTERS_DIR))
+    width, height = image_size(config, manifest)
+    plan = EvalPlan(
+        protocol=protocol,
+        prompts=prompts,
+        seeds=[protocol.seed + i for i in range(len(prompts))],
+        adapters=adapters,
+        refines=refine_settings(config),
+        width=width,
+        height=height,
+    )
     log(
         f"eval: protocol {protocol.name}: {len(prompts)} prompts x {1 + len(adapters)} models, "
-        f"{width}x{height}, {protocol.steps} steps, guidance {protocol.guidance_scale:g}"
+        f"{plan.width}x{plan.height}, {protocol.steps} steps, guidance "
+        f"{protocol.guidance_scale:g}"
     )
-    plan = EvalPlan(protocol, prompts, seeds, adapters, refine_settings(config), width, height)
     images = render_runs(config, plan, out, log)
-
     log("eval: held-out loss of the base and each adapter (one loaded base)")
     losses = measure_heldout(config, adapters)
     from bluepri.eval.metrics import choose_features
 
     features = choose_features(config.fid_features, clip, config.clip_model)
-    reference, real_features, notes = reference_features(config, manifest, plan, features)
+    reference, real, notes = reference_features(config, manifest, plan, features)
+    runs = score_runs(config, plan, out, images, losses, (clip, features, real), log)
+    result = EvalResult(
+        out=out,
+        label=config.label or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created=datetime.now(timezone.utc).isoformat(),
+        protocol=protocol,
+        models={
+            **config.models.model_dump(include=set(RECORDED_MODEL_KEYS)),
+            "scheduler": protocol.scheduler,
+        },  # fmt: skip
+        width=plan.width,
+        height=plan.height,
+        cache=str(config.cache),
+        cache_fingerprint=manifest.fingerprint,
+        prompts=plan.prompts,
+        seeds=plan.seeds,
+        reference=reference,
+        clip_model=config.clip_model,
+        fid_features=features.name if real is not None else None,
+        runs=runs,
+        notes=notes,
+        search=config.search,
+        history=config.history,
+    )
+    return write_outputs(result, config, out, started, log)
+
+
+def score_runs(
+    config: EvalConfig,
+    plan: EvalPlan,
+    out: str,
+    images: dict[tuple[str, bool], list[str]],
+    losses: dict[str, float],
+    scorers: tuple[Any, Any, Any],
+    log: Callable[[str], None],
+) -> list[ModelRun]:
+    """One ModelRun per model and refiner setting, with differences to the base's."""
+    clip, features, real = scorers
     runs = []
-    for label, adapter in [(BASE_LABEL, None), *((a.label, a) for a in adapters)]:
+    for label, adapter in [(BASE_LABEL, None), *((a.label, a) for a in plan.adapters)]:
         for refine in plan.refines:
-            paths = images[(label, refine)]
             log(f"eval: scoring {label} ({'with' if refine else 'without'} refiner)")
-            scores = score_run(
-                [storage.join(out, p) for p in paths],
-                prompts,
-                clip,
-                features,
-                real_features,
-                config,
-            )
+            paths = images[(label, refine)]
+            uris = [storage.join(out, p) for p in paths]
+            scores = score_run(uris, plan.prompts, clip, features, real, config)
             scores.heldout_loss = losses[label]
             runs.append(
                 ModelRun(
@@ -132,34 +171,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> EvalResu
                 )
             )
     add_differences(runs)
-    result = EvalResult(
-        out=out,
-        label=config.label or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        created=datetime.now(timezone.utc).isoformat(),
-        protocol=protocol,
-        models={
-            "base": config.models.base,
-            "refiner": config.models.refiner,
-            "vae": config.models.vae,
-            "scheduler": protocol.scheduler,
-            "dtype": config.models.dtype,
-            "device": config.models.device,
-        },
-        width=width,
-        height=height,
-        cache=str(config.cache),
-        cache_fingerprint=manifest.fingerprint,
-        prompts=prompts,
-        seeds=seeds,
-        reference=reference,
-        clip_model=config.clip_model,
-        fid_features=features.name if real_features is not None else None,
-        runs=runs,
-        notes=notes,
-        search=config.search,
-        history=config.history,
-    )
-    return write_outputs(result, config, out, started, log)
+    return runs
 
 
 # -- checks and inputs ---------------------------------------------------------------------------
@@ -284,6 +296,12 @@ def stored_copy(local: Any, adapter: CheckedAdapter) -> Path:
             f"{copy} holds other weights than {adapter.source}: use a new eval folder"
         )
     return copy
+
+
+def image_size(config: EvalConfig, manifest: artifacts.CacheManifest) -> tuple[int, int]:
+    """The generated size: the config's, else the cache's training resolution, square."""
+    width = config.width or int(manifest.config.get("resolution") or 1024)
+    return width, config.height or width
 
 
 def refine_settings(config: EvalConfig) -> list[bool]:
