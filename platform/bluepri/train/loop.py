@@ -164,7 +164,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         state.history.append({"step": 0, "epoch": 0, "val_loss": state.initial_val_loss})
         if state.initial_val_loss is not None:  # the curves start at the base model
             tracker.log({"val_loss": state.initial_val_loss}, step=0)
-    clock.lap("validation")
+    clock.lap("validation_loss")
+    before_loop = dict(clock.seconds)  # the loop's phases are what it adds to these
 
     # 4. Train.
     window = ThroughputWindow()
@@ -238,8 +239,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             # End of epoch: held-out loss and sample images every --validation_epochs.
             done = state.global_step >= plan.max_train_steps or epoch + 1 == plan.num_epochs
             if (epoch + 1) % config.validation_epochs == 0 or done:
-                validation_started = time.perf_counter()
-                val_loss = measure_val_loss()
+                with clock.phase("validation_loss"):
+                    val_loss = measure_val_loss()
                 state.history.append(
                     {"step": state.global_step, "epoch": epoch + 1, "val_loss": val_loss}
                 )
@@ -247,14 +248,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                     tracker.log({"val_loss": val_loss}, step=state.global_step)
                     if rank == 0:  # the same number on every rank: one series per run
                         worker_metrics.validation(val_loss)
-                sample_grid(
-                    models, config, plan, epoch + 1, state.global_step, rank, world_size, tracker
-                )
+                with clock.phase("validation_images"):
+                    sample_grid(
+                        models, config, plan, epoch + 1, state.global_step, rank, world_size,
+                        tracker,
+                    )  # fmt: skip
                 # `validation` numbers the reports that carry a fresh validation: Tune's ASHA
                 # rungs. Counted from the run's history, so a resumed run numbers on.
                 metrics = window.metrics(state, lr_scheduler.get_last_lr()[0])
-                ray.train.report({**metrics, VALIDATION: validations_done(state)})
-                clock.add("validation", time.perf_counter() - validation_started)
+                with clock.phase("validation_report"):  # a barrier across the workers
+                    ray.train.report({**metrics, VALIDATION: validations_done(state)})
             if state.next_batch == len(batches):  # the position moves on to the next epoch
                 state.epoch, state.next_batch = epoch + 1, 0
             if done:
@@ -264,8 +267,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         # The final state, so `--resume_from_checkpoint latest` can train on from here.
         with clock.phase("checkpoints"):
             report_checkpoint(checkpoint_name(state.global_step) + "-final", state, window, run)
-    known = sum(clock.seconds.get(k, 0.0) for k in ("first_step", "steps", "validation",
-                                                      "checkpoints"))  # fmt: skip
+    in_loop = ("first_step", "steps", "validation_loss", "validation_images",
+               "validation_report", "checkpoints")  # fmt: skip
+    known = sum(clock.seconds.get(k, 0.0) - before_loop.get(k, 0.0) for k in in_loop)
     clock.lap("training")  # the loop's whole wall time, for now
     clock.add("loop_other", clock.seconds.pop("training") - known)  # data loading, epochs
 
