@@ -29,6 +29,7 @@ from pathlib import Path
 
 BLUEPRI = str(Path(sys.executable).with_name("bluepri"))
 RAY_DEFAULT_POLL_S = "2.0"  # ray.train.v2's DEFAULT_HEALTH_CHECK_INTERVAL_S
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 def train_argv(data: Path, cache_root: Path, out: Path, steps: int) -> list[str]:
@@ -45,31 +46,16 @@ def run(argv: list[str], poll_s: str | None) -> tuple[float, dict[str, float]]:
     """Wall seconds of one `bluepri train` process and the timings its metrics.json holds;
     `poll_s` replaces the controller poll interval bluepri gives its local Ray."""
     env = dict(os.environ)
+    env.pop(POLL_ENV, None)
     if poll_s is not None:
-        # bluepri hands its local Ray's workers TRAIN_POLL_ENV through the runtime env, over
-        # any environment variable: the launcher replaces the value itself.
-        env["BLUEPRI_BENCH_TRAIN_POLL_S"] = poll_s
+        env[POLL_ENV] = poll_s  # bluepri's local Ray keeps a value the environment sets
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", LAUNCH, *argv[2:]], env=env, capture_output=True, text=True
-    )
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
     out = Path(next(a for a in argv if a.startswith("--output_dir=")).split("=", 1)[1])
     return wall, json.loads((out / "metrics.json").read_text())["timings"]
-
-
-# `bluepri train` with the poll interval the bench asks for in place of bluepri's own.
-LAUNCH = """
-import os, sys
-from bluepri import runtime
-poll = os.environ.get("BLUEPRI_BENCH_TRAIN_POLL_S")
-if poll:
-    runtime.TRAIN_POLL_ENV.update({name: poll for name in runtime.TRAIN_POLL_ENV})
-from bluepri.cli import main
-sys.exit(main(["train", *sys.argv[1:]]))
-"""
 
 
 def table(rows: dict[str, dict[str, float]]) -> list[str]:

@@ -58,3 +58,17 @@ def save_screenshot(tmp_path: Path, name: str, page) -> Path:
     shutil.copyfile(shot, keep / name)
     print(f"screenshot: {shot}\nscreenshot: {keep / name}")
     return shot
+
+
+def load_all_images(page, timeout_ms: int = 60_000) -> dict[str, int]:
+    """Load every image of the open page (lazy ones too: made eager) and count them:
+    {"all": <img> elements, "ok": those that loaded (naturalWidth > 0)}."""
+    page.evaluate("document.querySelectorAll('img').forEach((i) => i.loading = 'eager')")
+    page.wait_for_function(
+        "Array.from(document.images).every((i) => i.complete)", timeout=timeout_ms
+    )
+    return page.evaluate(
+        """() => { const images = Array.from(document.images);
+            return {all: images.length,
+                    ok: images.filter((i) => i.naturalWidth > 0).length}; }"""
+    )

@@ -383,7 +383,9 @@ def test_jobs_submitted_to_the_cluster_succeed_and_use_its_worker_nodes(
         (cluster_run.tune_root / "night" / "eval" / "eval.json").read_text()
     )
     held_out = artifacts.read_manifest(evaluation.cache).num_val  # captions to prompt with
-    assert evaluation.label == "night" and len(evaluation.prompts) == min(4, held_out)
+    assert evaluation.label == "night" and len(evaluation.prompts) == min(
+        evaluation.protocol.max_prompts, held_out
+    )
     assert {r.label.split("@")[0] for r in evaluation.runs} == {"base", "blueprints"}
     history = read_history(str(cluster_run.tune_root / "eval-history.parquet")).to_pylist()
     assert {(h["eval"], h["run"]) for h in history} == {(evaluation.label, r.label)

@@ -9,6 +9,7 @@ One demo run (its own process, at the demo's own defaults but a shorter search a
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,7 @@ def test_demo_renders_the_catalogue_with_and_without_the_champion(demo_out: Path
     assert len(table) == 3  # header + 2 trials
     decision = registry.history("blueprints")[-1]
     assert decision["action"] in ("promote", "reject")
+    assert decision["metrics"]["candidate"] > 0 and decision["metrics"]["champion"] > 0
     assert decision["metrics"]["champion_version"] == "v0001"
     assert "search demo-search" in decision["reason"]
     sheet = Image.open(demo_out / "contact_sheet.png")
@@ -90,7 +92,9 @@ def test_the_base_draws_on_paper_and_the_adapter_on_blueprint_blue(demo_out: Pat
     assert scores["base"]["palette"]["blueprint"] == pytest.approx(base.blueprint, abs=1e-6)
     assert scores["adapter"]["palette"]["blueprint"] == pytest.approx(adapter.blueprint, abs=1e-6)
     terminal = (demo_out / "terminal.txt").read_text()
-    assert "blueprint score" in terminal and f"{base.blueprint:.2f}" in terminal
+    assert re.search(
+        rf"blueprint score: base {base.blueprint:.2f}, adapter {adapter.blueprint:.2f}", terminal
+    )
 
 
 def test_the_base_renders_are_drawings_like_the_paper_set(demo_out: Path, tmp_path: Path) -> None:
@@ -134,7 +138,7 @@ def test_the_evaluation_finds_the_adapter_better_and_the_report_shows_it(
     base on held-out loss and blueprint score, measured by `evaluate`; the report shows both
     and opens in chromium with every image loaded."""
     from bluepri.eval import EvalResult, heldout_loss
-    from browser import chromium, save_screenshot
+    from browser import chromium, load_all_images, save_screenshot
 
     result = EvalResult.model_validate_json((demo_out / "eval" / "eval.json").read_text())
     champion = AdapterRegistry(demo_out / "registry").champion("blueprints")
@@ -170,17 +174,10 @@ def test_the_evaluation_finds_the_adapter_better_and_the_report_shows_it(
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(report.as_uri())
-        # Lazy images load only when scrolled to: make them eager for the count.
-        page.evaluate("document.querySelectorAll('img').forEach((i) => i.loading = 'eager')")
-        page.wait_for_function(
-            "Array.from(document.images).every((i) => i.complete)", timeout=60_000
-        )
-        loaded = page.evaluate(
-            "Array.from(document.images).filter((i) => i.naturalWidth > 0).length"
-        )
+        counts = load_all_images(page)
         save_screenshot(tmp_path, "demo-eval-report.png", page)
     # summary, loss curves, 2 search plots, and 4 runs x the prompts
-    assert loaded == images == 4 + 4 * len(result.prompts)
+    assert counts == {"all": images, "ok": images} and images == 4 + 4 * len(result.prompts)
 
 
 def test_shipped_drawing_weights_match_their_recipe() -> None:

@@ -25,7 +25,7 @@ from PIL import Image, ImageFilter
 
 from bluepri import artifacts
 from bluepri.cli import main
-from bluepri.config import EVAL_PROTOCOLS, SynthConfig
+from bluepri.config import EVAL_PROTOCOLS, EvalConfig, SynthConfig
 from bluepri.data.synth import drawing
 from bluepri.errors import BluepriError
 from bluepri.eval.metrics import (
@@ -48,7 +48,7 @@ NUM_IMAGES = 96
 SIDE = 128
 NOISE_SIGMAS = (10, 40, 80)  # Gaussian noise, in 8-bit levels
 BLUR_RADII = (1, 3, 6)  # Gaussian blur, in pixels
-KID_SUBSET = 50  # EvalConfig's default kid_subset_size
+KID_SUBSET = EvalConfig.model_fields["kid_subset_size"].default  # what evaluations use
 EVAL_BASE = "tiny:drawing-base"  # what `bluepri eval --tiny` measures
 OTHER_BASE = "tiny:base"
 

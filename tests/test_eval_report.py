@@ -9,6 +9,7 @@ is opened in headless chromium: every image must load.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import shutil
@@ -32,9 +33,8 @@ from bluepri.eval.history import (
 )
 from bluepri.eval.report import write_report
 from bluepri.eval.results import SCORES, EvalResult, ModelRun, ReferenceSet, Scores
-from browser import chromium, save_screenshot
+from browser import chromium, load_all_images, save_screenshot
 
-DEMO_SEARCH = Path(__file__).resolve().parents[1] / "demo-out/tune/demo-search"
 PROMPTS = [
     "a floor plan of a small apartment with three rooms",
     'a <b>gear</b> & "shaft" drawing <script>alert(1)</script>',
@@ -142,7 +142,7 @@ def make_runs(paths: dict[tuple[str, bool], list[str]]) -> list[ModelRun]:
             ModelRun(
                 label=label,
                 adapter=reference,
-                sha256=None if label == "base" else f"{hash(label) & 0xFFFF:064x}",
+                sha256=None if label == "base" else hashlib.sha256(label.encode()).hexdigest(),
                 folder=folder,
                 refine=refine,
                 images=paths[(label, refine)],
@@ -193,12 +193,7 @@ def earlier_night(result: EvalResult, label: str, created: str, shift: float) ->
 
 
 def write_search(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    if (DEMO_SEARCH / "results.parquet").is_file():
-        for name in ("results.parquet", "search.json", "optimization_history.png"):
-            shutil.copyfile(DEMO_SEARCH / name, folder / name)
-        shutil.copyfile(DEMO_SEARCH / "param_importances.png", folder / "param_importances.png")
-        return
+    folder.mkdir(parents=True)  # written here, never copied from a demo run's leftovers
     rows = [
         {"trial_id": f"t{i}", "started": 1.79e9 + 20 * i, "state": state,
          "param_learning_rate": 1e-3 * (i + 1), "param_rank": 4 * (i + 1),
@@ -349,17 +344,9 @@ def test_report_opens_in_chromium_with_every_image(evaluation, tmp_path: Path) -
         problems: list[str] = []
         page.on("pageerror", lambda error: problems.append(str(error)))
         page.goto(report.as_uri())
-        # Lazy images load only when scrolled to: make them eager for the count.
-        page.evaluate("document.querySelectorAll('img').forEach((i) => i.loading = 'eager')")
-        page.wait_for_function(
-            "Array.from(document.images).every((i) => i.complete)", timeout=30_000
-        )
-        counts = page.evaluate(
-            """() => { const images = Array.from(document.images);
-                return {all: images.length,
-                        ok: images.filter((i) => i.naturalWidth > 0).length}; }"""
-        )
+        counts = load_all_images(page)
         assert counts == {"all": expected, "ok": expected}
+        # summary, loss curves, 2 search plots, 5 history plots, and every run x prompt
         assert expected == 1 + 1 + 2 + 5 + len(PROMPTS) * len(SCORE_TABLE)
         coloured = page.evaluate("getComputedStyle(document.querySelector('.delta.better')).color")
         assert coloured == "rgb(13, 107, 47)"
@@ -403,12 +390,12 @@ def test_history_replaces_a_rerun_and_accumulates_nights(evaluation, tmp_path) -
     ]
     uri = str(tmp_path / "h.parquet")
     assert read_history(uri) is None
-    assert append_history(uri, result) == runs
+    assert append_history(uri, result).num_rows == runs
     rerun = result.model_copy(update={"created": "2026-11-27T05:00:00Z"})
-    assert append_history(uri, rerun) == runs  # the same label: replaced, not doubled
+    assert append_history(uri, rerun).num_rows == runs  # the same label: replaced, not doubled
     assert set(read_history(uri).column("created").to_pylist()) == {"2026-11-27T05:00:00Z"}
     other = result.model_copy(update={"label": "2026-11-28"})
-    assert append_history(uri, other) == 2 * runs
+    assert append_history(uri, other).num_rows == 2 * runs
     row = read_history(uri).to_pylist()[0]
     assert row["run"] == "base" and row["steps"] == 20 and row["n_prompts"] == 3
     assert row["fid"] == 120.0 and row["clip_score"] is None and row["kid_std"] == 0.01

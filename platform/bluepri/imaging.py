@@ -1,13 +1,16 @@
-"""Pictures people look at instead of reading: contact sheets with captions under each image."""
+"""Pictures people look at instead of reading: contact sheets with captions under each image,
+and matplotlib figures as PNG bytes."""
 
 from __future__ import annotations
 
+import io
 import textwrap
 from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
 SHEET_BACKGROUND = (24, 28, 36)
+FIGURE_DPI = 100
 LABEL_COLOUR = (230, 236, 245)
 
 
@@ -53,3 +56,17 @@ def contact_sheet(
         for n, line in enumerate(lines):
             draw.text((x, y + cell + 3 + n * line_height), line, fill=LABEL_COLOUR, font=font)
     return sheet
+
+
+def new_figure(width: float, height: float):
+    """A matplotlib figure of its own (no pyplot: no global state, no display needed, safe
+    in Ray workers and threads)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
+
+
+def figure_png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    return buffer.getvalue()

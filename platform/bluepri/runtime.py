@@ -115,6 +115,11 @@ def use_token_if_present() -> None:
         announcer.setLevel(level)
 
 
+def train_poll_env() -> dict[str, str]:
+    """TRAIN_POLL_ENV, except where this process's environment sets its own value."""
+    return {name: os.environ.get(name, value) for name, value in TRAIN_POLL_ENV.items()}
+
+
 def start_local_ray(num_cpus: int | None) -> None:
     """A new local Ray on loopback whose every worker knows its address.
 
@@ -135,7 +140,7 @@ def start_local_ray(num_cpus: int | None) -> None:
             num_cpus=num_cpus,
             configure_logging=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {ADDRESS_ENV: address, **TRAIN_POLL_ENV}},
+            runtime_env={"env_vars": {ADDRESS_ENV: address, **train_poll_env()}},
             _node_ip_address=LOOPBACK,  # Ray would otherwise advertise the machine's address
         )
     finally:

@@ -13,17 +13,20 @@ from contextlib import contextmanager
 
 
 class PhaseClock:
-    """Seconds per named phase; a phase entered twice adds up."""
+    """Seconds per named phase; a phase entered twice adds up.
+
+    `lap(name)` books the time since the previous lap to `name`, less what `phase` and
+    `add` booked in between: so a loop's remainder is one lap after its timed parts."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.last = time.perf_counter()
+        self.booked_since_lap = 0.0
 
     def lap(self, name: str) -> None:
-        """The time since the previous lap (or since the clock was made) goes to `name`."""
         now = time.perf_counter()
-        self.add(name, now - self.last)
-        self.last = now
+        self.book(name, now - self.last - self.booked_since_lap)
+        self.last, self.booked_since_lap = now, 0.0
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -34,6 +37,11 @@ class PhaseClock:
             self.add(name, time.perf_counter() - started)
 
     def add(self, name: str, seconds: float) -> None:
+        """A span the caller measured itself, inside the current lap."""
+        self.book(name, seconds)
+        self.booked_since_lap += max(0.0, seconds)
+
+    def book(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + max(0.0, seconds)
 
     def as_dict(self) -> dict[str, float]:

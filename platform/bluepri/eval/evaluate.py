@@ -89,7 +89,9 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> EvalResu
     protocol = config.resolved_protocol()
     prompts = prompt_set(config, protocol)
     checked = check_adapters(config)  # every refusal before anything heavy is loaded
-    clip = load_scorer(config.clip_model)
+    from bluepri.models.loading import load_clip
+
+    clip = load_clip(config.clip_model)
     adapters = copy_adapters(checked, storage.join(out, ADAPTERS_DIR))
     width, height = image_size(config, manifest)
     plan = EvalPlan(
@@ -210,12 +212,6 @@ def prompt_set(config: EvalConfig, protocol: EvalProtocol) -> list[str]:
     if not prompts:
         raise BluepriError(f"{where}: no prompts to evaluate on")
     return prompts
-
-
-def load_scorer(clip_model: str) -> tuple[Any, Any]:
-    from bluepri.models.loading import load_clip
-
-    return load_clip(clip_model)
 
 
 @dataclass
@@ -422,34 +418,31 @@ def score_run(
 ) -> Scores:
     """A run's scores, its images read FEATURE_BATCH at a time (a 5,000-prompt run never
     sits in memory): palette shares, CLIP score, then FID/KID on the features."""
-    from bluepri.eval.metrics import (
-        FEATURE_BATCH,
-        batched,
-        clip_metric,
-        fid_kid,
-        image_features,
-        same_size,
-        update_clip,
-    )
+    from bluepri.eval.metrics import FEATURE_BATCH, batched, clip_score, image_features, same_size
     from bluepri.eval.palette import blueprint_score
 
-    metric, palettes, parts, sizes = clip_metric(clip), [], [], set()
+    # Per batch of images: its size, palette shares, CLIP score and features; the run's
+    # scores are the batches' means weighted by their sizes (= the means over images).
+    weights, palettes, clips, parts, sizes = [], [], [], [], set()
     for chunk in batched(list(zip(uris, prompts, strict=True)), FEATURE_BATCH):
         images = [read_image(uri) for uri, _ in chunk]
         sizes.add(same_size(images, "generated images"))
-        palettes.append((len(images), blueprint_score(images)))
-        update_clip(metric, images, [prompt for _, prompt in chunk])
-        parts.append(image_features(images, features) if real is not None else None)
+        weights.append(len(images))
+        palettes.append(blueprint_score(images))
+        clips.append(clip_score(images, [prompt for _, prompt in chunk], clip))
+        if real is not None:
+            parts.append(image_features(images, features))
     if len(sizes) > 1:
         raise BluepriError(f"generated images must share one size, got {sorted(sizes)}")
-    count = sum(n for n, _ in palettes)
     scores = Scores(
-        blueprint_score=sum(n * p.blueprint for n, p in palettes) / count,
-        paper_score=sum(n * p.paper for n, p in palettes) / count,
-        clip_score=float(metric.compute()),
+        blueprint_score=weighted_mean([p.blueprint for p in palettes], weights),
+        paper_score=weighted_mean([p.paper for p in palettes], weights),
+        clip_score=weighted_mean(clips, weights),
     )
     if real is not None:
         import torch
+
+        from bluepri.eval.metrics import fid_kid
 
         measured = fid_kid(real, torch.cat(parts), config.kid_subset_size)
         scores.fid, scores.kid_mean, scores.kid_std = (
@@ -458,6 +451,10 @@ def score_run(
             measured.kid_std,
         )
     return scores
+
+
+def weighted_mean(values: list[float], weights: list[int]) -> float:
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
 
 
 def read_image(uri: str) -> Any:
@@ -486,20 +483,16 @@ def write_outputs(
 ) -> EvalResult:
     """metrics.parquet, the history, the report and summary figure, then eval.json (last: a
     folder with eval.json is a finished evaluation)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from bluepri.eval.history import append_history, history_rows, read_history
+    from bluepri.eval.history import append_history, history_rows, parquet_bytes, to_table
     from bluepri.eval.report import write_report
 
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(history_rows(result)), buffer)
-    storage.write_bytes(storage.join(out, EVAL_METRICS), buffer.getvalue())
+    metrics = to_table(history_rows(result))  # the history's schema: typed, even all-null
+    storage.write_bytes(storage.join(out, EVAL_METRICS), parquet_bytes(metrics))
     history = None
     if config.history:
-        rows = append_history(config.history, result)
-        log(f"eval: history {config.history} now holds {rows} rows")
-        history = read_history(config.history)
+        history = append_history(config.history, result)
+        log(f"eval: history {config.history} now holds {history.num_rows} rows")
     report, summary = write_report(result, out, history=history, search_dir=config.search)
     result.report, result.summary_png = report, summary
     result.seconds = round(time.perf_counter() - started, 3)

@@ -16,8 +16,6 @@ import torch
 from bluepri.artifacts import has_adapter, read_adapter_info
 from bluepri.errors import BluepriError
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 def heldout_losses(
     cache_uri: str,
@@ -39,13 +37,14 @@ def heldout_losses(
         unet_prediction,
     )
     from bluepri.generate.adapters import AdapterCache, adapter_folder
+    from bluepri.models.loading import parse_dtype
 
     val = read_split(cache_uri, "val")
     if len(val) == 0:
         raise BluepriError(f"cache {cache_uri} has no validation rows to measure on")
     models = load_denoising_models(
         base_ref,
-        weight_dtype=DTYPES[dtype],
+        weight_dtype=parse_dtype(dtype),
         device=torch.device(device),
         vae_ref=vae_ref,
         prediction_type=prediction_type,

@@ -97,17 +97,21 @@ def read_history(uri: str) -> pa.Table | None:
     return to_table(rows)
 
 
-def append_history(uri: str, result: EvalResult) -> int:
+def append_history(uri: str, result: EvalResult) -> pa.Table:
     """Add `result`'s runs to the history (replacing any rows of the same evaluation label)
-    and return how many rows the file holds now. A corrupt file is an error, not
-    overwritten: it may be the only record of earlier nights."""
+    and return the table the file holds now. A corrupt file is an error, not overwritten:
+    it may be the only record of earlier nights."""
     earlier = read_history(uri)
     kept = [] if earlier is None else [r for r in earlier.to_pylist() if r["eval"] != result.label]
-    rows = kept + history_rows(result)
+    table = to_table(kept + history_rows(result))
+    storage.write_bytes(uri, parquet_bytes(table))
+    return table
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(to_table(rows), sink)
-    storage.write_bytes(uri, sink.getvalue())
-    return len(rows)
+    pq.write_table(table, sink)
+    return sink.getvalue()
 
 
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -67,33 +67,18 @@ def same_size(images: Sequence[ImageLike], what: str) -> tuple[int, int]:
     return sizes.pop()
 
 
-def clip_metric(clip: tuple[Any, Any]) -> Any:
-    """torchmetrics' `CLIPScore` on a loaded CLIP model and processor, ready for updates."""
+def clip_score(images: Sequence[ImageLike], prompts: Sequence[str], clip: tuple[Any, Any]) -> float:
+    """Mean CLIP score of each image against its prompt (torchmetrics' `CLIPScore`)."""
     from torchmetrics.multimodal.clip_score import CLIPScore
 
-    model, processor = clip
-    return CLIPScore(model_name_or_path=lambda: (EmbeddingTensors(model), processor))
-
-
-def check_pairs(images: Sequence[ImageLike], prompts: Sequence[str]) -> None:
     if len(images) != len(prompts) or not images:
         raise BluepriError(f"CLIP score needs one prompt per image, got {len(images)} images "
                            f"and {len(prompts)} prompts")  # fmt: skip
-
-
-def update_clip(metric: Any, images: Sequence[ImageLike], prompts: Sequence[str]) -> None:
-    """Add images, each with its prompt, to a `clip_metric`."""
-    check_pairs(images, prompts)
-    metric.update([as_uint8_chw(i) for i in images], list(prompts))
-
-
-def clip_score(images: Sequence[ImageLike], prompts: Sequence[str], clip: tuple[Any, Any]) -> float:
-    """Mean CLIP score of each image against its prompt (torchmetrics' `CLIPScore`)."""
-    check_pairs(images, prompts)
-    metric = clip_metric(clip)
+    model, processor = clip
+    metric = CLIPScore(model_name_or_path=lambda: (EmbeddingTensors(model), processor))
     for start in range(0, len(images), FEATURE_BATCH):
         chunk = slice(start, start + FEATURE_BATCH)
-        update_clip(metric, images[chunk], prompts[chunk])
+        metric.update([as_uint8_chw(i) for i in images[chunk]], list(prompts[chunk]))
     return float(metric.compute())
 
 

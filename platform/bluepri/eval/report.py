@@ -41,6 +41,7 @@ from bluepri.eval.results import (
     EvalResult,
     ModelRun,
 )
+from bluepri.imaging import figure_png, new_figure
 
 FIGURES = "figures"
 GRID_PROMPTS = 64  # prompt rows shown in the image grids; the rest are counted
@@ -50,7 +51,6 @@ SEARCH_PLOTS = ("optimization_history.png", "param_importances.png")
 MAX_METRICS_BYTES = 64 * 1024 * 1024
 MAX_SEARCH_BYTES = 64 * 1024 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DPI = 100
 BASE_COLOUR, REFINED_COLOUR = "#4a6fa5", "#d08c3a"
 # Words a note uses for a score: a score that was not measured points at the note saying why.
 SCORE_WORDS = {
@@ -149,19 +149,6 @@ def img_html(src: str, alt: str, size: tuple[int, int], css_class: str = "figure
         f'<img class="{css_class}" src="{href(src)}" alt="{esc(alt)}" '
         f'width="{width}" height="{height}" loading="lazy">'
     )
-
-
-def figure_png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
-
-
-def new_figure(width: float, height: float):
-    """A matplotlib figure of its own (no pyplot: no global state, no display needed)."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def write_figure(out: str, name: str, data: bytes) -> str:
@@ -345,10 +332,8 @@ def score_bars(axes, result: EvalResult, name: str) -> None:
 
 
 def score_of(result: EvalResult, label: str, refine: bool, name: str) -> float | None:
-    try:
-        value = getattr(result.run(label, refine).scores, name)
-    except KeyError:
-        return None
+    run = result.find(label, refine)
+    value = getattr(run.scores, name) if run else None
     return value if value is not None and math.isfinite(value) else None
 
 
@@ -376,9 +361,8 @@ def metrics_html(result: EvalResult) -> str:
     rows = []
     for refine in refine_settings(result):
         for label in model_labels(result):
-            try:
-                run = result.run(label, refine)
-            except KeyError:
+            run = result.find(label, refine)
+            if run is None:
                 continue
             cells = [esc(run.label), "with refiner" if run.refine else "base only"]
             cells += [score_cell(run, name, result.notes) for name in scores]
@@ -462,8 +446,9 @@ def read_loss_history(out: str, run: ModelRun) -> tuple[list[dict[str, float]], 
     uri = storage.join(out, folder, METRICS_JSON)
     try:
         data = json.loads(storage.read_bytes_within(out, uri, MAX_METRICS_BYTES))
-    except (OSError, ValueError) as err:
-        # A missing file (FileNotFoundError) and a broken one read the same to people here.
+    except (OSError, ValueError, RecursionError) as err:
+        # A missing file (FileNotFoundError) and a broken one read the same to people here;
+        # json nested deeper than Python's stack raises RecursionError.
         why = "missing" if isinstance(err, FileNotFoundError) else "unreadable"
         return [], f"{folder}/{METRICS_JSON} is {why} (no loss curves)"
     history = data.get("history") if isinstance(data, dict) else None
@@ -626,7 +611,7 @@ def search_space_html(search_dir: str) -> str:
         )
         space = config["space"]
         lines = [f"{name}: {space_text(spec)}" for name, spec in space.items()]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return ""
     name = config.get("experiment_name", "")
     items = "".join(f"<li>{esc(line)}</li>" for line in lines)
@@ -812,7 +797,7 @@ def grids_html(result: EvalResult, out: str) -> str:
 def grid_groups(result: EvalResult) -> list[list[ModelRun]]:
     labels = model_labels(result)
     groups = [
-        [run for run in (find_run(result, label, refine) for label in labels) if run]
+        [run for run in (result.find(label, refine) for label in labels) if run]
         for refine in refine_settings(result)
     ]
     return [group for group in groups if group]
@@ -836,13 +821,6 @@ def grid_row(
     cells = [f'<td class="prompt">{esc(prompt)}<br><span class="seed">seed {esc(seed)}</span></td>']
     cells += [grid_cell(out, run, i, prompt, size) for group in groups for run in group]
     return "<tr>" + "".join(cells) + "</tr>"
-
-
-def find_run(result: EvalResult, label: str, refine: bool) -> ModelRun | None:
-    try:
-        return result.run(label, refine)
-    except KeyError:
-        return None
 
 
 def grid_cell(out: str, run: ModelRun, index: int, prompt: str, size: tuple[int, int]) -> str:

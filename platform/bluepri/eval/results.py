@@ -89,12 +89,16 @@ class EvalResult(BaseModel):
     summary_png: str | None = None
     seconds: float = 0.0
 
+    def find(self, label: str, refine: bool) -> ModelRun | None:
+        """The run of `label` at a refiner setting, or None when not measured."""
+        return next((r for r in self.runs if r.label == label and r.refine == refine), None)
+
     def run(self, label: str, refine: bool) -> ModelRun:
         """The run of `label` at a refiner setting; KeyError when not measured."""
-        for run in self.runs:
-            if run.label == label and run.refine == refine:
-                return run
-        raise KeyError(f"{label} (refine={refine}) was not measured")
+        found = self.find(label, refine)
+        if found is None:
+            raise KeyError(f"{label} (refine={refine}) was not measured")
+        return found
 
     def summary_lines(self) -> list[str]:
         """A table people can read in a terminal: one line per run, differences to base."""

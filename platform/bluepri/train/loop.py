@@ -165,7 +165,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if state.initial_val_loss is not None:  # the curves start at the base model
             tracker.log({"val_loss": state.initial_val_loss}, step=0)
     clock.lap("validation_loss")
-    before_loop = dict(clock.seconds)  # the loop's phases are what it adds to these
 
     # 4. Train.
     window = ThroughputWindow()
@@ -267,11 +266,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         # The final state, so `--resume_from_checkpoint latest` can train on from here.
         with clock.phase("checkpoints"):
             report_checkpoint(checkpoint_name(state.global_step) + "-final", state, window, run)
-    in_loop = ("first_step", "steps", "validation_loss", "validation_images",
-               "validation_report", "checkpoints")  # fmt: skip
-    known = sum(clock.seconds.get(k, 0.0) - before_loop.get(k, 0.0) for k in in_loop)
-    clock.lap("training")  # the loop's whole wall time, for now
-    clock.add("loop_other", clock.seconds.pop("training") - known)  # data loading, epochs
+    clock.lap("loop_other")  # the loop less its timed parts: data loading, epoch set-up
 
     # 5. The adapter artifact, from rank 0 (every rank holds the same weights).
     summary = summarise(state, plan, models)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import io
 import os
 import time
 from collections.abc import Sequence
@@ -218,14 +217,12 @@ def open_tracker(
 
 def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
     """Training loss per optimiser step and held-out loss at each validation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on workers
-    import matplotlib.pyplot as plt
+    from bluepri.imaging import figure_png, new_figure
 
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    figure = new_figure(7, 4)
+    axes = figure.add_subplot()
     if train:
         axes.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", lw=1)
     if val:
@@ -236,8 +233,4 @@ def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
     axes.set_ylabel("loss")
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure)
