@@ -16,7 +16,7 @@ APT_INSTALL = SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
-.PHONY: setup browser prometheus demo cluster-demo test lint format clean
+.PHONY: setup browser prometheus demo cluster-demo test lint format clean bench-script-env
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix platform tests jobs bench cluster dashboards
 	$(BIN)/ruff format platform tests jobs bench cluster dashboards
+
+# bench/overhead.py's baseline: diffusers' example script in a venv of its own (another torch,
+# for torchvision), outside the repo: SCRIPT_VENV/bin/python and the script inside it.
+SCRIPT_VENV ?= /work/script-venv
+bench-script-env: setup
+	bench/script_env.sh $(SCRIPT_VENV)
 
 clean:
 	rm -rf demo-out .pytest_cache .ruff_cache
