@@ -1,11 +1,19 @@
-"""Benchmark the data stage: images/s of `prepare` with 1 and 2 encode actors, against a
-single-process loop doing the same work (decode, validate, hash, crop/flip, caption, encode).
+"""Benchmark the data stage: images/s of `prepare` against a single-process loop doing the
+same work (decode, validate, hash, crop/flip, caption, encode), one image at a time.
 
     .venv/bin/python bench/prepare.py --images 96 --resolution 128
 
-Prints one table with both rates and the ratios. Each `prepare` writes a fresh cache (a new
-`--out`), so no run is a cache hit; the first Ray run also pays Ray's start-up, so a warm-up
-run on a small set goes first.
+`prepare` runs four ways: its CPU default (`model_stage` auto) with one model worker (the
+models run in the driver, fed by Ray tasks that read and transform) and with two (the driver
+and one helper actor), and as a Ray Data pool of one and of two caption+encode actors. A
+second loop, captioning in batches of 8 and encoding as `prepare` does, is printed too: it
+shows how much of `prepare`'s lead is batching, not Ray.
+
+Prints one table with the rates and the ratios against the one-at-a-time loop (the
+baseline). Each `prepare` writes a fresh cache (a new `--out`), so no run is a cache hit;
+the first Ray run also pays Ray's start-up, so a warm-up run on a small set goes first. The
+loops load their models before their clocks start; `prepare` loads them inside its run
+(the seconds the loop took to load them are printed below the table).
 """
 
 from __future__ import annotations
@@ -19,38 +27,53 @@ import numpy as np
 import torch
 
 
-def single_process_images_per_s(folder: Path, resolution: int) -> float:
-    """The same per-image work as `prepare`, in one process, no Ray."""
+def single_process_images_per_s(folder: Path, resolution: int, batch: int) -> tuple[float, float]:
+    """(images/s, seconds loading the models) of the same per-image work as `prepare`, in
+    one process, no Ray; captions and encodes `batch` images at a time (the VAE in the
+    pieces `prepare` gives it on CPU)."""
     from bluepri.data import decode, transforms
     from bluepri.data.caption import caption_images
-    from bluepri.data.encode import encode_latents, encode_prompts, load_text_encoders, load_vae_for
+    from bluepri.data.encode import (
+        encode_pixel_rows,
+        encode_prompts,
+        load_text_encoders,
+        load_vae_for,
+        vae_pixels_per_call,
+    )
     from bluepri.data.sources import IMAGE_SUFFIXES
     from bluepri.models import load_captioner
 
+    loading = time.perf_counter()
     vae = load_vae_for("tiny:base", vae_ref=None)
     text = load_text_encoders("tiny:base")
     captioner = load_captioner("tiny:blip")
+    loading = time.perf_counter() - loading
     files = sorted(p for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES)
     started = time.perf_counter()
-    for path in files:
-        image = decode.decode_image(path.read_bytes()).image
-        decode.pixel_sha256(image), decode.perceptual_hash(image)
-        prepared = transforms.prepare_image(
-            image,
-            resolution=resolution,
-            center_crop=True,
-            random_flip=True,
-            rng=np.random.default_rng(0),
-        )
-        caption = caption_images(captioner, [prepared.image])[0]
-        pixels = torch.from_numpy(transforms.to_tensor_input(prepared.image))[None]
+    for first in range(0, len(files), batch):
+        pictures = []
+        for path in files[first : first + batch]:
+            image = decode.decode_image(path.read_bytes()).image
+            decode.pixel_sha256(image), decode.perceptual_hash(image)
+            prepared = transforms.prepare_image(
+                image,
+                resolution=resolution,
+                center_crop=True,
+                random_flip=True,
+                rng=np.random.default_rng(0),
+            )
+            pictures.append(prepared.image)
+        captions = caption_images(captioner, pictures)
+        rows = [transforms.to_tensor_input(p) for p in pictures]
         with torch.inference_mode():
-            encode_latents(vae, pixels)
-            encode_prompts(text.tokenizers, text.encoders, [caption])
-    return len(files) / (time.perf_counter() - started)
+            encode_pixel_rows(vae, rows, pixels_per_call=vae_pixels_per_call("cpu"))
+            encode_prompts(text.tokenizers, text.encoders, captions)
+    return len(files) / (time.perf_counter() - started), loading
 
 
-def ray_images_per_s(folder: Path, resolution: int, actors: int, out: Path) -> float:
+def ray_images_per_s(
+    folder: Path, resolution: int, actors: int, out: Path, model_stage: str = "auto"
+) -> float:
     from bluepri.config import PrepareConfig
     from bluepri.data.prepare import prepare
 
@@ -67,6 +90,7 @@ def ray_images_per_s(folder: Path, resolution: int, actors: int, out: Path) -> f
         num_caption_actors=actors,
         encode_batch_size=8,
         dedup_threshold=None,
+        model_stage=model_stage,
     )
     started = time.perf_counter()
     info = prepare(config, log=lambda _: None)
@@ -92,15 +116,25 @@ def main() -> None:
         warm = root / "warm"
         synthesize(SynthConfig(out_dir=str(warm), num_images=8, seed=1))
         ray_images_per_s(warm, args.resolution, 1, root / "cache-warm")
-        baseline = single_process_images_per_s(folder, args.resolution)
-        one = ray_images_per_s(folder, args.resolution, 1, root / "cache-1")
-        two = ray_images_per_s(folder, args.resolution, 2, root / "cache-2")
+        baseline, loading = single_process_images_per_s(folder, args.resolution, batch=1)
+        batched, _ = single_process_images_per_s(folder, args.resolution, batch=8)
+        runs = {
+            "prepare, models in the driver": (1, "auto"),
+            "prepare, driver + 1 helper actor": (2, "auto"),
+            "prepare, 1 caption+encode actor": (1, "actors"),
+            "prepare, 2 caption+encode actors": (2, "actors"),
+        }
+        rates = {
+            name: ray_images_per_s(folder, args.resolution, actors, root / f"cache-{i}", stage)
+            for i, (name, (actors, stage)) in enumerate(runs.items())
+        }
     print(f"prepare benchmark: {args.images} images at {args.resolution}px, tiny models")
-    print(f"{'run':<34}{'images/s':>10}{'vs loop':>10}")
-    print(f"{'single-process loop (baseline)':<34}{baseline:>10.2f}{1.0:>10.2f}")
-    print(f"{'prepare, 1 caption+encode actor':<34}{one:>10.2f}{one / baseline:>10.2f}")
-    print(f"{'prepare, 2 caption+encode actors':<34}{two:>10.2f}{two / baseline:>10.2f}")
-    print(f"2 actors / 1 actor: {two / one:.2f}")
+    print(f"{'run':<36}{'images/s':>10}{'vs loop':>10}")
+    print(f"{'single-process loop (baseline)':<36}{baseline:>10.2f}{1.0:>10.2f}")
+    print(f"{'single-process loop, batches of 8':<36}{batched:>10.2f}{batched / baseline:>10.2f}")
+    for name, rate in rates.items():
+        print(f"{name:<36}{rate:>10.2f}{rate / baseline:>10.2f}")
+    print(f"the loops' model loading, not timed: {loading:.2f} s")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,16 @@ from bluepri.data.caption import (
     join_caption,
 )
 from bluepri.data.encode import (
+    CPU_VAE_PIXELS_PER_CALL,
     EncodeBatch,
     Fp32Vae,
     encode_latent_dist,
     encode_latents,
+    encode_pixel_rows,
     encode_prompts,
     load_text_encoders,
     load_vae_for,
+    vae_pixels_per_call,
 )
 from bluepri.data.transforms import to_tensor_input
 from bluepri.errors import BluepriError
@@ -285,3 +288,30 @@ def test_encode_batch_from_mixed_size_images_keeps_rows_in_place(vae):
         alone = torch.from_numpy(to_tensor_input(Image.fromarray(image)))[None]
         np.testing.assert_allclose(row, encode_latents(vae, alone)[0][0].numpy(), atol=1e-5)
     assert encoder.rows_encoded == 3 and encoder.batches_encoded == 1
+
+
+def test_vae_takes_large_pictures_in_pieces_and_rows_stay_in_place(vae, monkeypatch):
+    rows = [pixels(1, 16, 24, seed=s)[0].numpy() for s in range(5)]
+    rows.insert(2, pixels(1, 24, 16, seed=9)[0].numpy())
+    sizes: list[int] = []
+    encode = vae.encode
+
+    def counting_encode(batch):
+        sizes.append(len(batch))
+        return encode(batch)
+
+    monkeypatch.setattr(vae, "encode", counting_encode)
+    means, stds, flags = encode_pixel_rows(vae, rows, pixels_per_call=2 * 16 * 24)
+    assert sorted(sizes) == [1, 1, 2, 2]  # five 16x24 rows in twos, the 24x16 row alone
+    monkeypatch.setattr(vae, "encode", encode)
+    for row, mean, std in zip(rows, means, stds, strict=True):
+        alone_mean, alone_std, _ = encode_latents(vae, torch.from_numpy(row)[None])
+        np.testing.assert_allclose(mean, alone_mean[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(std, alone_std[0].numpy(), atol=1e-5)
+    assert flags == [0] * 6
+
+
+def test_vae_call_size_is_limited_on_cpu_only():
+    assert vae_pixels_per_call("cpu") == CPU_VAE_PIXELS_PER_CALL
+    assert vae_pixels_per_call("cuda:0") is None
+    assert EncodeBatch("tiny:base", encode_text=False).pixels_per_call == CPU_VAE_PIXELS_PER_CALL

@@ -138,7 +138,10 @@ def test_parquet_source_with_image_bytes(ray_session, tiny_models, synth_set, tm
     assert info.num_rows == len(rows)
 
 
-def test_streams_a_source_larger_than_the_memory_limit(ray_session, tiny_models, tmp_path) -> None:
+@pytest.mark.parametrize("model_stage", ["driver", "actors"])
+def test_streams_a_source_larger_than_the_memory_limit(
+    ray_session, tiny_models, tmp_path, model_stage
+) -> None:
     from ray.data import DataContext, ExecutionResources
 
     folder = tmp_path / "big"
@@ -155,7 +158,8 @@ def test_streams_a_source_larger_than_the_memory_limit(ray_session, tiny_models,
     context.execution_options.resource_limits = ExecutionResources(object_store_memory=4 * 2**20)
     try:
         info = prepare(
-            tiny_prepare(folder, tmp_path / "cache", dedup_threshold=None), log=lambda _: None
+            tiny_prepare(folder, tmp_path / "cache", dedup_threshold=None, model_stage=model_stage),
+            log=lambda _: None,
         )
     finally:
         context.execution_options.resource_limits = saved

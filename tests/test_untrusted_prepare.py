@@ -122,8 +122,9 @@ def test_odd_parquet_files_and_cells_are_skipped_under_a_reason(
 # -- 2.4: files that vanish or change between the scan and the build --------------------------
 
 
+@pytest.mark.parametrize("model_stage", ["driver", "actors"])
 def test_files_changed_between_scan_and_build_are_counted_not_fatal(
-    ray_session, tiny_models, tmp_path: Path, monkeypatch
+    ray_session, tiny_models, tmp_path: Path, monkeypatch, model_stage
 ) -> None:
     folder = tmp_path / "set"
     folder.mkdir()
@@ -143,7 +144,8 @@ def test_files_changed_between_scan_and_build_are_counted_not_fatal(
         return plan
 
     monkeypatch.setattr(prepare_module, "plan_rows", plan_then_change_the_files)
-    info = prepare(tiny_prepare(folder, tmp_path / "cache"), log=lambda _: None)
+    config = tiny_prepare(folder, tmp_path / "cache", model_stage=model_stage)
+    info = prepare(config, log=lambda _: None)
     manifest = manifest_of(info)
     assert sorted(cached_keys(info)) == ["5.png", "6.png"]
     assert manifest["skipped"] == {"changed_since_scan": 5}

@@ -385,6 +385,11 @@ class PrepareConfig(StrictModel):
     # actors, so the read/transform tasks always find a CPU (whole-CPU actors on a 2-core
     # machine would leave them none and the stream would stall).
     stage_cpus: float | None = Field(None, gt=0.0)
+    # Where captioning and encoding run. "driver": in the prepare process, fed by the
+    # read/transform tasks (no model process to wait for), with caption+encode helper actors
+    # when more than one actor is asked for; "actors": Ray Data actor pools (on CPU one fused
+    # caption+encode pool); "auto": the driver on CPU, actors on GPUs.
+    model_stage: Literal["auto", "driver", "actors"] = "auto"
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 

@@ -5,8 +5,11 @@ Three passes, each streaming with bounded memory:
             per-file facts (id, hashes, skip reason) come back to the driver.
   2. dedup  (driver): exact and perceptual duplicates, in sorted source order so the same
             input keeps the same files; the held-out split by sample-id hash.
-  3. build  (Ray tasks + actor pools): decode -> SDXL crop/flip + time ids -> BLIP captions for
+  3. build  (Ray tasks + the models): decode -> SDXL crop/flip + time ids -> BLIP captions for
             rows without one -> VAE latents and both text encoders' embeddings -> parquet.
+            On CPU the models run in the driver (no process to wait for), helped by
+            caption+encode actors when more workers are asked for (`model_stage`); on GPUs
+            in a caption pool and an encode pool. Where they run never changes a cached byte.
 An input that changed between scan and build (vanished, unreadable, other pixels) is left
 out of the build, scanned again to confirm it, and counted under CHANGED_SINCE_SCAN.
 The manifest accounts for every input: cached rows + skipped (duplicates included) == inputs,
@@ -343,43 +346,85 @@ def unchanged_image(decoded: decode.Decoded, planned: dict[str, Any]):
 def build(
     source: Source, config: PrepareConfig, plan: Plan, shards_uri: str, needs_captions: bool
 ) -> None:
-    """Stream planned rows through transform -> caption -> encode -> parquet shards."""
+    """Stream planned rows through transform -> caption -> encode -> parquet shards.
+
+    Where the models run (`model_place`): in this process (plus helper actors), in one
+    fused caption+encode actor pool, or in a caption pool and an encode pool on GPUs.
+    """
     from ray.data import ActorPoolStrategy
 
     from bluepri.data.caption import CaptionBatch
     from bluepri.data.encode import EncodeBatch
+    from bluepri.data.model_stage import (
+        CaptionAndEncode,
+        given_captions,
+        run_in_driver,
+        start_helpers,
+    )
 
+    place = model_place(config)
     lookup = {row["key"]: row for row in plan.kept}
-    actor_cpus, task_cpus = stage_cpus(config, needs_captions)
+    model_processes = model_process_count(config, needs_captions, place)
+    actor_cpus, task_cpus = stage_cpus(config, model_processes)
     ds = source_dataset(source, config, keys=set(lookup), num_cpus=task_cpus).map_batches(
         transform_batch(config, lookup), batch_size=16, num_cpus=task_cpus
     )
+    caption_kwargs = {
+        "captioner_ref": config.captioner,
+        "prefix": config.caption_prefix,
+        "suffix": config.caption_suffix,
+        "recaption": config.recaption,
+        "device": config.device,
+        "dtype": config.dtype,
+    }
+    encode_kwargs = {
+        "base_ref": config.base,
+        "vae_ref": config.vae,
+        "encode_text": config.encode_text,
+        "device": config.device,
+        "dtype": config.dtype,
+    }
+    fused_kwargs = {
+        "caption": caption_kwargs if needs_captions else None,
+        "encode": encode_kwargs,
+        "caption_batch_size": config.caption_batch_size,
+    }
+    if place == DRIVER:
+        threads = max(1, int(actor_cpus))
+        resources = actor_resources(config, actor_cpus)
+        helpers = start_helpers(model_processes - 1, fused_kwargs, shards_uri, threads, resources)
+        run_in_driver(
+            ds,
+            CaptionAndEncode(**fused_kwargs),
+            shards_uri,
+            batch_size=config.encode_batch_size,
+            threads=threads,
+            helpers=helpers,
+        )
+        return
+    if place == FUSED_ACTORS:
+        ds = ds.map_batches(
+            CaptionAndEncode,
+            fn_constructor_kwargs=fused_kwargs,
+            batch_size=config.encode_batch_size,
+            compute=ActorPoolStrategy(size=model_processes),
+            **actor_resources(config, actor_cpus),
+        )
+        ds.write_parquet(shards_uri)
+        return
     if needs_captions:
         ds = ds.map_batches(
             CaptionBatch,
-            fn_constructor_kwargs={
-                "captioner_ref": config.captioner,
-                "prefix": config.caption_prefix,
-                "suffix": config.caption_suffix,
-                "recaption": config.recaption,
-                "device": config.device,
-                "dtype": config.dtype,
-            },
+            fn_constructor_kwargs=caption_kwargs,
             batch_size=config.caption_batch_size,
             compute=ActorPoolStrategy(size=config.num_caption_actors),
             **actor_resources(config, actor_cpus),
         )
     else:
-        ds = ds.map_batches(mark_given_captions, batch_size=64)
+        ds = ds.map_batches(given_captions, batch_size=64)
     ds = ds.map_batches(
         EncodeBatch,
-        fn_constructor_kwargs={
-            "base_ref": config.base,
-            "vae_ref": config.vae,
-            "encode_text": config.encode_text,
-            "device": config.device,
-            "dtype": config.dtype,
-        },
+        fn_constructor_kwargs=encode_kwargs,
         batch_size=config.encode_batch_size,
         compute=ActorPoolStrategy(size=config.num_encode_actors),
         **actor_resources(config, actor_cpus),
@@ -387,11 +432,38 @@ def build(
     ds.drop_columns(["image"]).write_parquet(shards_uri)
 
 
-def stage_cpus(config: PrepareConfig, needs_captions: bool) -> tuple[float, float]:
-    """(CPUs per model actor, CPUs per read/transform task) that fit the cluster together.
+# Where the build's models run (`PrepareConfig.model_stage`, resolved).
+DRIVER = "driver"  # in the prepare process: no model process to start
+FUSED_ACTORS = "fused_actors"  # one pool of caption+encode actors (CPU: same cores anyway)
+SEPARATE_ACTORS = "separate_actors"  # a caption pool and an encode pool (a GPU each)
+
+
+def model_place(config: PrepareConfig) -> str:
+    """DRIVER, FUSED_ACTORS or SEPARATE_ACTORS for `config`.
+
+    "auto" on CPU is DRIVER: the driver starts encoding at once instead of waiting seconds
+    for fresh processes to import torch, transformers and diffusers and load the models;
+    more model workers than one are helper actors beside it (`run_in_driver`). On GPUs,
+    a caption pool and an encode pool, a GPU per actor.
+    """
+    on_cpu = not config.device.startswith("cuda")
+    if config.model_stage == "driver" or (config.model_stage == "auto" and on_cpu):
+        return DRIVER
+    return FUSED_ACTORS if on_cpu else SEPARATE_ACTORS
+
+
+def model_process_count(config: PrepareConfig, needs_captions: bool, place: str) -> int:
+    """How many model workers (the driver counted in) share the model half of the CPUs."""
+    if place in (DRIVER, FUSED_ACTORS):
+        return max(config.num_encode_actors, config.num_caption_actors if needs_captions else 1)
+    return config.num_encode_actors + (config.num_caption_actors if needs_captions else 0)
+
+
+def stage_cpus(config: PrepareConfig, model_processes: int) -> tuple[float, float]:
+    """(CPUs per model worker, CPUs per read/transform task) that fit the cluster together.
 
     Ray Data holds the actors for the whole stream; if they took every CPU, the tasks that
-    feed them could never be scheduled and the stream would stall. Model actors share half
+    feed them could never be scheduled and the stream would stall. Model workers share half
     of the CPUs (at most one each); tasks may use the other half.
     """
     import ray
@@ -400,8 +472,7 @@ def stage_cpus(config: PrepareConfig, needs_captions: bool) -> tuple[float, floa
     task_cpus = min(1.0, total / 2)
     if config.stage_cpus is not None:
         return config.stage_cpus, min(task_cpus, config.stage_cpus)
-    actors = config.num_encode_actors + (config.num_caption_actors if needs_captions else 0)
-    return min(1.0, total / 2 / actors), task_cpus
+    return min(1.0, total / 2 / model_processes), task_cpus
 
 
 def actor_resources(config: PrepareConfig, cpus: float) -> dict[str, float]:
@@ -409,11 +480,6 @@ def actor_resources(config: PrepareConfig, cpus: float) -> dict[str, float]:
     if config.device.startswith("cuda"):
         return {"num_gpus": 1, "num_cpus": cpus}
     return {"num_cpus": cpus}
-
-
-def mark_given_captions(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    batch["caption_source"] = np.array(["given"] * len(batch["caption"]), dtype=object)
-    return batch
 
 
 # -- manifest ---------------------------------------------------------------------------------
