@@ -129,3 +129,26 @@ def test_no_unpickling_anywhere_in_the_platform() -> None:
             ):
                 offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+# -- publishing: the marker file lands last ---------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", ["adapter.json", "state.json"])
+def test_a_publish_cut_short_leaves_no_marker(tmp_path: Path, marker: str) -> None:
+    """adapter.json (an adapter) and state.json (a checkpoint) say "this folder is complete":
+    a copy that fails on another file must not have written them."""
+    from bluepri.train.artifact import publish_folder
+
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / marker).write_text("{}")
+    (local / "a-small.txt").write_text("copied")
+    (local / "zz-weights.safetensors").symlink_to(tmp_path / "gone")  # unreadable: the copy fails
+    with pytest.raises(OSError):
+        publish_folder(local, str(tmp_path / "out"), last=marker)
+    assert not (tmp_path / "out" / marker).exists()
+
+    (local / "zz-weights.safetensors").unlink()
+    publish_folder(local, str(tmp_path / "out"), last=marker)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a-small.txt", marker]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,30 @@ def test_saved_lora_reloads_in_vanilla_diffusers_with_its_alpha(
         want = trained.unet(*inputs, added_cond_kwargs=cond).sample
         got = reloaded.unet(*inputs, added_cond_kwargs=cond).sample
     assert torch.equal(want, got)
+
+
+def test_adapter_metadata_is_the_same_in_every_process() -> None:
+    """The peft config beside the weights must not depend on the process's string-hash seed
+    (peft keeps target modules in a set): a run republished after a restart, in another
+    process, writes the same bytes."""
+    import subprocess
+    import sys
+
+    program = (
+        "import json, types; from peft import LoraConfig; "
+        "from bluepri.models.lora import adapter_metadata, UNET_TARGETS; "
+        "model = types.SimpleNamespace(peft_config={'default': LoraConfig(r=4, "
+        "target_modules=list(UNET_TARGETS))}); "
+        "print(json.dumps(adapter_metadata(model), sort_keys=True))"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", program],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (0, 1, 2, 3)
+    }
+    assert len(outputs) == 1

@@ -23,6 +23,7 @@ from bluepri.config import DEFAULT_BASE, PrepareConfig, SearchConfig, SynthConfi
 from bluepri.data.prepare import prepare
 from bluepri.data.synth import synthesize
 from bluepri.registry import AdapterRegistry
+from bluepri.train.checkpoint import latest_checkpoint
 from bluepri.tune import TuneResult, tune
 from bluepri.tune.promote import promote_best
 from bluepri.tune.search import base_train_config, saved_search
@@ -228,7 +229,7 @@ def finished_and_interrupted(experiment: Path):
     running = [
         t
         for t, d in trials.items()
-        if t not in finished and t in states and any(d.glob("runs/train/checkpoint_*"))
+        if t not in finished and t in states and latest_checkpoint(str(d / "runs" / "train"))
     ]
     return (finished, running[0]) if finished and running else None
 
@@ -236,13 +237,17 @@ def finished_and_interrupted(experiment: Path):
 def test_killed_driver_resumes_and_trains_nothing_twice(
     ray_session, tune_cache, tmp_path: Path
 ) -> None:
+    # Trials long enough to be caught mid-run: 12 epochs of 3 steps (9 training rows, batch 4).
+    epochs, steps = 12, 36
     values = search_values(
-        tmp_path, tune_cache.uri, num_trials=3, early_stopping=False, epochs=4, promote=False
+        tmp_path, tune_cache.uri, num_trials=3, early_stopping=False, epochs=epochs, promote=False
     )
     config_file = tmp_path / "search.yaml"
     config_file.write_text(yaml.safe_dump(values))
     experiment = tmp_path / "experiments" / "search"
-    env = ray_env(ray_session)
+    # Tune saves its experiment state every 10 s or more by default; a trial that trains in its
+    # own actor is over sooner, so the state would never show one mid-run.
+    env = {**ray_env(ray_session), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = subprocess.Popen(
         [sys.executable, "-c", "import sys; from bluepri.cli import main; sys.exit(main())"]
         + ["tune", "--config", str(config_file)],
@@ -276,12 +281,12 @@ def test_killed_driver_resumes_and_trains_nothing_twice(
         adapter = experiment / "trials" / trial / "adapter"
         assert sha256(adapter / "pytorch_lora_weights.safetensors") == before[trial]
         assert json.loads((adapter / "adapter.json").read_text()) == params_before[trial]
-    for row in rows:  # every trial: exactly its 12 steps, each step once
+    for row in rows:  # every trial: exactly its steps, each step once
         adapter = Path(row["adapter"])
         info = json.loads((adapter / "adapter.json").read_text())
         history = json.loads((adapter / "metrics.json").read_text())["history"]
-        steps = [h["step"] for h in history if "loss" in h]
-        assert info["metrics"]["global_step"] == 12 and steps == list(range(1, 13))
+        trained = [h["step"] for h in history if "loss" in h]
+        assert info["metrics"]["global_step"] == steps and trained == list(range(1, steps + 1))
         if row["trial_id"] == interrupted:  # continued from its checkpoint, not from zero
             assert info["metrics"]["resumed_at"] and info["metrics"]["resumed_at"][0] > 0
     # Optuna's state came back: the restored trials kept their parameters.
@@ -399,14 +404,17 @@ def test_nightly_config_searches_the_papers_knobs_on_real_sdxl() -> None:
 
 
 def test_concurrency_is_fitted_to_the_clusters_cpus(ray_session, tmp_path: Path) -> None:
-    """2 CPUs: one 1-worker trial at a time (its driver's 0.01 CPU must fit beside it)."""
+    """2 CPUs: two 1-worker trials at once when they train in their own actors; one at a
+    time when each starts a worker group (its driver's 0.01 CPU must fit beside it)."""
     from bluepri.config import TrainConfig
     from bluepri.tune.search import fitted_concurrency
 
     config = build_config(SearchConfig, search_values(tmp_path, str(tmp_path)))
     one_worker = TrainConfig(pretrained_model_name_or_path="tiny:base", cache=".", num_workers=1)
     assert ray_session.cluster_resources()["CPU"] == 2
-    assert fitted_concurrency(config, one_worker) == 1
+    assert fitted_concurrency(config, one_worker) == 2
+    groups = config.model_copy(update={"trials_in_process": False})
+    assert fitted_concurrency(groups, one_worker) == 1
     two_workers = one_worker.model_copy(update={"num_workers": 2})
     assert fitted_concurrency(config, two_workers) == 1  # never 0: a trial must be able to run
     pinned = config.model_copy(update={"max_concurrent_trials": 3})

@@ -74,7 +74,13 @@ def save_lora_folder(
 
 
 def adapter_metadata(model: Any | None) -> dict[str, Any] | None:
-    """The model's peft LoraConfig as a dict (what diffusers stores beside the weights)."""
+    """The model's peft LoraConfig as a dict (what diffusers stores beside the weights).
+
+    peft keeps `target_modules` in a set, whose order follows the process's string-hash
+    seed; sorted, the same adapter gives the same bytes in every process."""
     if model is None or not getattr(model, "peft_config", None):
         return None
-    return next(iter(model.peft_config.values())).to_dict()
+    metadata = next(iter(model.peft_config.values())).to_dict()
+    if isinstance(metadata.get("target_modules"), list | set | tuple):
+        metadata["target_modules"] = sorted(metadata["target_modules"])
+    return metadata

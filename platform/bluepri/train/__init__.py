@@ -7,7 +7,7 @@ cache, the data stage's config for a training config, and the report key that nu
 validations.
 """
 
-from bluepri.train.loop import VALIDATION
+from bluepri.train.session import VALIDATION
 from bluepri.train.trainer import TrainResult, make_plan, prepare_config_for, train
 
 __all__ = ["VALIDATION", "TrainResult", "make_plan", "prepare_config_for", "train"]

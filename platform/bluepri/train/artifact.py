@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-import pyarrow.fs as pafs
 
 from bluepri import __version__, storage
 from bluepri.artifacts import ADAPTER_FORMAT, ADAPTER_JSON, MODEL_CARD, WEIGHTS_NAME, AdapterInfo
@@ -135,13 +134,19 @@ def model_card(info: AdapterInfo) -> str:
     return "\n".join(lines)
 
 
-def publish_folder(local: Path, destination: str) -> None:
-    """Copy a local folder's files to a local path or URI (existing files are replaced)."""
-    fs, path = storage.resolve(destination)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(
-        str(local.resolve()),
-        path,
-        source_filesystem=pafs.LocalFileSystem(),
-        destination_filesystem=fs,
-    )
+def publish_folder(local: Path, destination: str, *, last: str | None = None) -> None:
+    """Copy a local folder's files to a local path or URI (existing files are replaced).
+
+    `last` names the file that says the folder is complete (adapter.json, a checkpoint's
+    state.json): it is copied after every other file, so a copy cut short leaves no marker.
+    A file that cannot be read fails the copy rather than being left out.
+    """
+    fs, root = storage.resolve(destination)
+    files = sorted(path for path in local.rglob("*") if not path.is_dir())
+    files.sort(key=lambda path: path.relative_to(local).as_posix() == last)  # stable: last, last
+    for path in files:
+        relative = path.relative_to(local).as_posix()
+        target = f"{root.rstrip('/')}/{relative}"
+        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with path.open("rb") as source, fs.open_output_stream(target) as out:
+            shutil.copyfileobj(source, out, 1 << 20)

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from bluepri import storage
-from bluepri.artifacts import LOSS_CURVE, METRICS_JSON, VALIDATION_DIR
+from bluepri.artifacts import ADAPTER_JSON, LOSS_CURVE, METRICS_JSON, VALIDATION_DIR
 from bluepri.config import ModelsConfig, TrainConfig
 from bluepri.denoising import (
     collate,
@@ -38,6 +38,7 @@ from bluepri.denoising import (
     read_split,
     unet_prediction,
 )
+from bluepri.errors import BluepriError
 from bluepri.telemetry import train_metrics
 from bluepri.timings import PhaseClock
 from bluepri.train.artifact import publish_folder, write_adapter
@@ -59,12 +60,11 @@ from bluepri.train.models import (
     set_tf32,
 )
 from bluepri.train.report import Tracker, loss_curve_png, open_tracker
+from bluepri.train.session import VALIDATION, RayTrainSession, WorkerSession
 from bluepri.train.validation import png_bytes, validation_images
 
 # The summary key of rank 0's phases and wall-clock start/end (`bluepri.timings`).
 WORKER_TIME = "worker_time"
-# The report key numbering validations (1, 2, ...): Tune's ASHA uses it as its time axis.
-VALIDATION = "validation"
 
 # Plan fields a checkpoint must share with the run resuming it: they fix the data order.
 RESUME_KEYS = (
@@ -78,16 +78,17 @@ RESUME_KEYS = (
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    import ray.train
-    import ray.train.torch
+    """Ray Train's entry on each worker of the group."""
+    return run_worker(loop_config, RayTrainSession())
 
+
+def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> dict[str, Any] | None:
+    """The loop, on one worker of a Ray Train group or in a Tune trial (`session`)."""
     clock = PhaseClock()  # where this worker's time goes (rank 0's lands in the summary)
     loop_started = time.time()
     config = TrainConfig.model_validate(loop_config["config"])
     plan = TrainPlan.model_validate(loop_config["plan"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world_size, device = session.rank, session.world_size, session.device
     set_tf32(config.allow_tf32)
 
     # 1. Models: SDXL frozen in the weight dtype, LoRA adapters trained in float32.
@@ -103,7 +104,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     lr_scheduler = build_lr_scheduler(optimizer, config, plan.max_train_steps)
     grad_scaler = build_grad_scaler(config, device)
     params = models.parameters()
-    run = WorkerRun(rank, models, optimizer, lr_scheduler, grad_scaler)
+    run = WorkerRun(rank, models, optimizer, lr_scheduler, grad_scaler, session)
     worker_metrics = train_metrics(loop_config["run_name"], rank)  # dashboards/training.json
     clock.lap("model_load")
 
@@ -114,11 +115,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     # 3. Resume: after a crash Ray hands back the run's latest checkpoint; otherwise the
     #    one named by --resume_from_checkpoint, if any.
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop_config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
+    checkpoint = session.resume_checkpoint() or loop_config.get("resume_from")
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
+        from ray.train import Checkpoint
+
+        with Checkpoint(checkpoint).as_directory() as folder:
             state = load_checkpoint(
                 Path(folder),
                 parameters=models.named_parameters(),
@@ -231,7 +232,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 if state.global_step % config.checkpointing_steps == 0:
                     with clock.phase("checkpoints"):
                         report_checkpoint(checkpoint_name(state.global_step), state, window, run)
-                    crash_for_test(loop_config.get("crash"), state.global_step, rank, world_size)
+                    crash_for_test(loop_config.get("crash"), state.global_step, session)
                 if state.global_step >= plan.max_train_steps:
                     break
 
@@ -256,7 +257,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 # rungs. Counted from the run's history, so a resumed run numbers on.
                 metrics = window.metrics(state, lr_scheduler.get_last_lr()[0])
                 with clock.phase("validation_report"):  # a barrier across the workers
-                    ray.train.report({**metrics, VALIDATION: validations_done(state)})
+                    session.report({**metrics, VALIDATION: validations_done(state)}, None, "")
             if state.next_batch == len(batches):  # the position moves on to the next epoch
                 state.epoch, state.next_batch = epoch + 1, 0
             if done:
@@ -266,6 +267,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         # The final state, so `--resume_from_checkpoint latest` can train on from here.
         with clock.phase("checkpoints"):
             report_checkpoint(checkpoint_name(state.global_step) + "-final", state, window, run)
+    else:
+        # Restarted after its end (e.g. a search driver killed between a trial's last report
+        # and Tune recording it): report the last validation again, or Tune keeps an older one.
+        metrics = window.metrics(state, lr_scheduler.get_last_lr()[0])
+        session.report({**metrics, VALIDATION: validations_done(state)}, None, "")
     clock.lap("loop_other")  # the loop less its timed parts: data loading, epoch set-up
 
     # 5. The adapter artifact, from rank 0 (every rank holds the same weights).
@@ -393,6 +399,7 @@ class WorkerRun:
     optimizer: Any
     lr_scheduler: Any
     grad_scaler: Any
+    session: WorkerSession
 
 
 def validations_done(state: TrainState) -> int:
@@ -403,12 +410,10 @@ def validations_done(state: TrainState) -> int:
 def report_checkpoint(
     name: str, state: TrainState, window: ThroughputWindow, run: WorkerRun
 ) -> None:
-    """Rank 0 writes the checkpoint; every rank reports (ray.train.report is a barrier)."""
-    import ray.train
-
+    """Rank 0 writes the checkpoint; every rank reports (in a group, a barrier)."""
     metrics = window.metrics(state, run.lr_scheduler.get_last_lr()[0])
     with tempfile.TemporaryDirectory(prefix="bluepri-ckpt-") as scratch:
-        checkpoint = None
+        folder = None
         if run.rank == 0:
             folder = save_checkpoint(
                 Path(scratch) / name,
@@ -418,28 +423,23 @@ def report_checkpoint(
                 grad_scaler=run.grad_scaler,
                 state=state,
             )
-            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        run.session.report(metrics, folder, name)
 
 
-def crash_for_test(crash: dict[str, Any] | None, step: int, rank: int, world_size: int) -> None:
+def crash_for_test(crash: dict[str, Any] | None, step: int, session: WorkerSession) -> None:
     """Fault injection for the acceptance test: the last rank kills itself once, at `step`.
 
     The marker file makes it happen on the first attempt only, so the restarted group runs on.
     """
-    if not crash or step != crash["step"] or rank != world_size - 1:
+    if not crash or step != crash["step"] or session.rank != session.world_size - 1:
         return
     marker = Path(crash["marker"])
     if marker.exists():
         return
-    import ray.train
-
-    # Die only once Ray has registered the checkpoint just reported, so the restart is
-    # from this step (a real crash this close to a report may fall back one checkpoint).
-    ray.train.get_all_reported_checkpoints(
-        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
-    )
-    marker.write_text(f"killed rank {rank} at step {step}\n")
+    # Die only once the checkpoint just reported is registered, so the restart is from this
+    # step (a real crash this close to a report may fall back one checkpoint).
+    session.wait_for_checkpoints()
+    marker.write_text(f"killed rank {session.rank} at step {step}\n")
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -538,12 +538,25 @@ def publish_artifact(
             json.dumps({**metrics, "history": state.history}, indent=1)
         )
         (folder / LOSS_CURVE).write_bytes(loss_curve_png(state.history))
-        publish_folder(folder, config.output_dir)
+        if not already_published(folder, config.output_dir):
+            publish_folder(folder, config.output_dir, last=ADAPTER_JSON)
+
+
+def already_published(folder: Path, output_dir: str) -> bool:
+    """Whether `output_dir` holds this very adapter (same weights) already: a finished run
+    restarted after publishing (a trial Tune had not yet recorded) leaves it untouched."""
+    from bluepri.artifacts import has_adapter, read_adapter_info
+
+    if not has_adapter(output_dir):
+        return False
+    try:
+        published = read_adapter_info(output_dir).weights.sha256
+    except BluepriError:
+        return False  # unreadable: publish over it
+    return published == read_adapter_info(str(folder)).weights.sha256
 
 
 def check_resumable(state: TrainState, plan: TrainPlan) -> None:
-    from bluepri.errors import BluepriError
-
     current = plan.model_dump()
     changed = [k for k in RESUME_KEYS if state.plan.get(k) != current[k]]
     if changed:

@@ -76,11 +76,13 @@ def train(
     *,
     log: Callable[[str], None] = print,
     callbacks: list[Any] | None = None,
+    in_tune_trial: bool = False,
 ) -> TrainResult:
     """Fine-tune LoRA adapters on SDXL as `config` says; returns where the adapter is.
 
     `callbacks` are extra Ray Train callbacks (e.g. Tune's `TuneReportCallback` when a Tune
-    trial runs this function).
+    trial runs this function on a worker group). `in_tune_trial`: run the one worker in this
+    very process, a Tune trial's actor, reporting validations to Tune (`session.TrialSession`).
     """
     clock = PhaseClock()
     config = with_resolved_paths(config)
@@ -92,6 +94,8 @@ def train(
         raise BluepriError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
     if config.push_to_hub:
         check_hub_access()
+    if in_tune_trial and config.num_workers != 1:
+        raise BluepriError(f"a run inside a Tune trial has one worker, not {config.num_workers}")
     run_name, resume_from, resume_state = resolve_run(config, log)
     if config.seed is None:
         seed = resume_state["plan"]["seed"] if resume_state else secrets.randbelow(2**31)
@@ -115,8 +119,10 @@ def train(
 
     clock.lap("checks")
     fit_started = time.time()
-    result = fit(config, plan, run_name, resume_from, callbacks)
-    summary = result.return_value or {}
+    if in_tune_trial:
+        summary, checkpoint = fit_in_trial(config, plan, run_name, resume_from)
+    else:
+        summary, checkpoint = fit(config, plan, run_name, resume_from, callbacks)
     clock.lap("fit")
     timings = run_timings(clock, summary.get(WORKER_TIME), fit_started, time.time())
     record_timings(config.output_dir, timings)
@@ -135,7 +141,7 @@ def train(
         best_val_loss=metrics["best_val_loss"],
         metrics_history=storage.join(config.output_dir, METRICS_JSON),
         loss_curve=storage.join(config.output_dir, LOSS_CURVE),
-        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        checkpoint=checkpoint,
         run_dir=storage.join(config.storage_path, run_name),
         resumed_at=metrics["resumed_at"],
         samples_per_s=metrics["samples_per_s"],
@@ -180,14 +186,28 @@ def record_timings(output_dir: str, timings: dict[str, float]) -> None:
         storage.write_bytes(uri, json.dumps({**metrics, "timings": timings}, indent=1).encode())
 
 
+def loop_config(
+    config: TrainConfig, plan: TrainPlan, run_name: str, resume_from: str | None
+) -> dict[str, Any]:
+    """What every worker's loop is handed (plain values: it crosses to Ray's workers)."""
+    return {
+        "config": config.model_dump(),
+        "plan": plan.model_dump(),
+        "run_name": run_name,
+        "resume_from": resume_from,
+        "crash": crash_injection(),
+    }
+
+
 def fit(
     config: TrainConfig,
     plan: TrainPlan,
     run_name: str,
     resume_from: str | None,
     callbacks: list[Any] | None,
-):
-    """Run the loop on a TorchTrainer; a failed run raises with Ray's error attached."""
+) -> tuple[dict[str, Any], str | None]:
+    """Run the loop on a TorchTrainer; a failed run raises with Ray's error attached.
+    Returns rank 0's summary and the run's latest checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -195,13 +215,7 @@ def fit(
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": config.model_dump(),
-            "plan": plan.model_dump(),
-            "run_name": run_name,
-            "resume_from": resume_from,
-            "crash": crash_injection(),
-        },
+        train_loop_config=loop_config(config, plan, run_name, resume_from),
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=RunConfig(
@@ -214,12 +228,30 @@ def fit(
     )
     previous_sigint = signal.getsignal(signal.SIGINT)
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        return result.return_value or {}, result.checkpoint.path if result.checkpoint else None
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RuntimeError(f"training run {run_name} failed: {first}") from err
     finally:
         release_controller(previous_sigint)
+
+
+def fit_in_trial(
+    config: TrainConfig, plan: TrainPlan, run_name: str, resume_from: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """Run the loop's one worker here, in the Tune trial's process; a worker failure fails
+    the trial, which Tune restarts (its `FailureConfig`) from the run's latest checkpoint."""
+    from bluepri.train.loop import run_worker
+    from bluepri.train.session import TrialSession
+
+    run_dir = storage.join(config.storage_path, run_name)
+    session = TrialSession(run_dir, use_gpu=config.use_gpu, keep=config.checkpoints_total_limit)
+    try:
+        summary = run_worker(loop_config(config, plan, run_name, resume_from), session) or {}
+    finally:
+        gc.collect()  # the trial's models go before the next trial on this actor loads its own
+    return summary, latest_checkpoint(run_dir)
 
 
 def release_controller(previous_sigint: Any) -> None:

@@ -1,13 +1,17 @@
 """`tune`: many training runs on ONE prepared cache, searched by Optuna (TPE) and pruned by
 ASHA on the held-out validation loss.
 
-Each Tune trial is a small driver that runs the train stage (a Ray Train `TorchTrainer`, the
-Ray 2.x Train-in-Tune way) with the trial's hyperparameters; Train's reports reach Tune
-through `TuneReportCallback`, forwarded only when they carry a validation loss, so ASHA's
-rungs are validations. A trial trains with `--resume_from_checkpoint latest` under its own
-run folder: after the search driver dies, `tune --resume` restores the Tuner (finished
-trials are kept, Optuna's state with them) and a restarted trial continues from its last
-training checkpoint rather than training again.
+Each Tune trial runs the train stage with the trial's hyperparameters. A one-worker trial
+trains inside its Tune trial actor, which Tune reuses for the next trial (`reuse_actors`), so
+only the first trial on an actor pays the process start and the imports. A trial with more
+workers is a small driver of a Ray Train `TorchTrainer` (the Ray 2.x Train-in-Tune way),
+whose reports reach Tune through `TuneReportCallback`. Either way only reports that carry a
+validation loss reach Tune, so ASHA's rungs are validations.
+
+A trial trains with `--resume_from_checkpoint latest` under its own run folder: after the
+search driver dies, `tune --resume` restores the Tuner (finished trials are kept, Optuna's
+state with them) and a restarted trial continues from its last training checkpoint rather
+than training again.
 """
 
 from __future__ import annotations
@@ -149,8 +153,9 @@ def trial_train_values(
     return values
 
 
-def make_trial_fn(base: dict[str, Any], trials_root: str):
-    """The Tune function trainable: run the train stage with this trial's parameters."""
+def make_trial_fn(base: dict[str, Any], trials_root: str, in_process: bool):
+    """The Tune function trainable: run the train stage with this trial's parameters, in this
+    process or on a worker group of its own."""
 
     def run_trial(params: dict[str, Any]) -> None:
         import ray.tune
@@ -160,9 +165,18 @@ def make_trial_fn(base: dict[str, Any], trials_root: str):
 
         trial_id = ray.tune.get_context().get_trial_id()
         config = build_config(TrainConfig, trial_train_values(base, params, trials_root, trial_id))
-        train(config, log=lambda _: None, callbacks=[ValidationReportCallback()])
+        if in_process:
+            train(config, log=lambda _: None, in_tune_trial=True)
+        else:
+            train(config, log=lambda _: None, callbacks=[ValidationReportCallback()])
 
     return run_trial
+
+
+def trials_in_process(config: SearchConfig, train: TrainConfig) -> bool:
+    """Whether trials train inside their (reused) Tune actors: one-worker trials, unless the
+    search asks for a worker group per trial."""
+    return config.trials_in_process and train.num_workers == 1
 
 
 def fitted_concurrency(config: SearchConfig, train: TrainConfig) -> int:
@@ -175,8 +189,10 @@ def fitted_concurrency(config: SearchConfig, train: TrainConfig) -> int:
     if train.use_gpu:
         return max(1, int(resources.get("GPU", 0) // train.num_workers))
     # Each trial: its workers' CPUs plus the driver's token share (which must fit too, or the
-    # last trial's worker group waits forever for a CPU that the drivers hold).
-    per_trial = train.num_workers + TRIAL_DRIVER_CPU
+    # last trial's worker group waits forever for a CPU that the drivers hold); a trial that
+    # trains in its own actor is its one worker.
+    in_process = trials_in_process(config, train)
+    per_trial = 1 if in_process else train.num_workers + TRIAL_DRIVER_CPU
     return max(1, int(resources.get("CPU", 1) // per_trial))
 
 
@@ -194,13 +210,16 @@ def build_tuner(config: SearchConfig, base: TrainConfig, trials_root: str, valid
         metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=config.seed)
     )
     return tune.Tuner(
-        trainable_with_resources(base.model_dump(), trials_root),
+        trainable_with_resources(config, base, trials_root),
         param_space=ray_space(config.space),
         tune_config=tune.TuneConfig(
             search_alg=search,
             scheduler=asha(config, validations),
             num_samples=config.num_trials,
             max_concurrent_trials=fitted_concurrency(config, base),
+            # A trial that trains in its actor leaves it warm for the next (the Ray Train
+            # drivers of multi-worker trials gain nothing from it).
+            reuse_actors=trials_in_process(config, base),
         ),
         run_config=tune.RunConfig(
             name=config.experiment_name,
@@ -246,14 +265,19 @@ def validations_per_trial(base: TrainConfig, cache_uri: str) -> int:
     return max(1, math.ceil(epochs / base.validation_epochs))
 
 
-def trainable_with_resources(base: dict[str, Any], trials_root: str):
-    """The trial driver holds almost no CPU: its Ray Train workers request their own.
+def trainable_with_resources(config: SearchConfig, base: TrainConfig, trials_root: str):
+    """A trial that trains in its actor holds its worker's CPU (or GPU); a trial driver holds
+    almost no CPU, its Ray Train workers request their own.
 
     (Tune refuses an empty request, so a token fraction stands for "just a driver".)
     """
     from ray import tune
 
-    return tune.with_resources(make_trial_fn(base, trials_root), {"cpu": TRIAL_DRIVER_CPU})
+    in_process = trials_in_process(config, base)
+    trial_fn = make_trial_fn(base.model_dump(), trials_root, in_process)
+    if not in_process:
+        return tune.with_resources(trial_fn, {"cpu": TRIAL_DRIVER_CPU})
+    return tune.with_resources(trial_fn, {"cpu": 1, "gpu": 1 if base.use_gpu else 0})
 
 
 def tune(
@@ -284,7 +308,7 @@ def tune(
         log(f"resuming search {path}")
         tuner = ray_tune.Tuner.restore(
             path,
-            trainable=trainable_with_resources(base.model_dump(), trials_root),
+            trainable=trainable_with_resources(config, base, trials_root),
             resume_unfinished=True,
             resume_errored=True,
         )
