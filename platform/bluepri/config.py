@@ -616,6 +616,10 @@ class SearchConfig(StrictModel):
     early_stopping: bool = True  # ASHA on the validation loss; off: every trial runs full length
     grace_period: int = Field(1, ge=1)  # ASHA: validations before a trial may be stopped
     reduction_factor: float = Field(2.0, gt=1.0)
+    # One-worker trials train inside their Tune trial's actor, which Tune reuses for the next
+    # trial (no worker group, process group or imports per trial); false: every trial starts
+    # a Ray Train worker group, as multi-worker trials always do.
+    trials_in_process: bool = True
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig keys shared by trials
     prepare: dict[str, Any] = Field(default_factory=dict)  # extra PrepareConfig keys (captioner)
     registry: str | None = None  # default $BLUEPRI_HOME/registry
