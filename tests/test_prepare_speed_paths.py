@@ -4,6 +4,7 @@ is made, never what is in it."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ from bluepri.data.prepare import (
 from bluepri.data.synth import synthesize
 from odd_corpus import tiny_prepare
 
+# Seconds a blocked fake helper waits before failing its call: a guard against a hang only.
+HANG_GUARD_S = 120
 # name -> (where the models run, config overrides)
 VARIANTS = {
     "driver": (DRIVER, {}),
@@ -226,3 +229,42 @@ def test_a_ready_helper_takes_batches_and_writes_what_the_driver_would(
         expected = stage(batches[1])
     for i, sample_id in enumerate(expected["sample_id"]):
         assert np.array_equal(by_id[sample_id], expected["latents"][i])
+
+
+@pytest.mark.integration
+def test_a_helper_still_loading_when_the_stream_ends_is_not_waited_for(
+    ray_session, tmp_path: Path
+) -> None:
+    @ray_session.remote(num_cpus=0)
+    class Gate:
+        def __init__(self) -> None:
+            self.event = asyncio.Event()
+
+        async def wait(self) -> None:
+            await self.event.wait()
+
+        def open(self) -> None:
+            self.event.set()
+
+    @ray_session.remote(num_cpus=0)
+    class StillLoading:
+        def __init__(self, gate) -> None:
+            self.gate = gate
+
+        def ready(self) -> int:
+            # Only a bound against a hang: the gate opens after run_in_driver returns.
+            ray_session.get(self.gate.wait.remote(), timeout=HANG_GUARD_S)
+            return 0
+
+    gate = Gate.remote()
+    helper = StillLoading.remote(gate)
+
+    def stage(batch):
+        return {"sample_id": batch["sample_id"], "latents": np.zeros((len(batch["sample_id"]), 2))}
+
+    batches = [{"sample_id": np.array([f"s{i}"], dtype=object)} for i in range(3)]
+    written = run_in_driver(
+        FakeDataset(batches), stage, str(tmp_path), batch_size=1, threads=1, helpers=[helper]
+    )
+    gate.open.remote()
+    assert written == 3 and len(list(tmp_path.iterdir())) == 3

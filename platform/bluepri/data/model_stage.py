@@ -143,6 +143,11 @@ def start_helpers(
     return [actor.remote(stage_kwargs, shards_uri, threads) for _ in range(count)]
 
 
+# Batches a helper may hold at once: the next is already there when it finishes one, while
+# the driver is busy with a batch of its own.
+HELPER_QUEUE = 2
+
+
 def run_in_driver(
     ds: Any,
     stage: Any,
@@ -156,16 +161,17 @@ def run_in_driver(
 
     The read/transform tasks keep running in Ray while this process encodes (Ray Data
     prefetches the next batch), so decoding and the models overlap as in the actor pipeline.
-    `helpers` (ModelHelper actors) take a batch whenever one is free; until they have
-    loaded their models, and whenever all are busy, the driver encodes the batch itself, so
-    a helper's start-up never holds the stream up. A shard's name is its batch number: the
-    same rows in the same shard whoever encodes them.
+    `helpers` (ModelHelper actors) take a batch whenever one has fewer than HELPER_QUEUE
+    in hand; until they have loaded their models, and whenever all are that busy, the
+    driver encodes the batch itself, so a helper's start-up never holds the stream up. A
+    shard's name is its batch number: the same rows in the same shard whoever encodes them.
     """
     import ray
 
     prefix = uuid.uuid4().hex[:12]
-    idle: list[Any] = []
-    busy = {helper.ready.remote(): helper for helper in helpers or []}
+    idle: list[Any] = []  # one entry per batch a helper can take now
+    starting = {helper.ready.remote(): helper for helper in helpers or []}
+    working: dict[Any, Any] = {}  # a batch's result -> the helper encoding it
     written = 0
     try:
         with torch_threads(threads):
@@ -174,19 +180,21 @@ def run_in_driver(
                 if not len(batch.get("sample_id", ())):
                     continue  # every row of its block changed since the scan
                 name = f"{prefix}_{index:06d}.parquet"
-                if busy:
-                    done, _ = ray.wait(list(busy), num_returns=len(busy), timeout=0)
-                    for ref in done:
-                        written += ray.get(ref)
-                        idle.append(busy.pop(ref))
+                for pending, slots in ((starting, HELPER_QUEUE), (working, 1)):
+                    if pending:
+                        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                        for ref in done:
+                            written += ray.get(ref)
+                            idle.extend([pending.pop(ref)] * slots)
                 if idle:
                     helper = idle.pop()
-                    busy[helper.encode_and_write.remote(batch, name)] = helper
+                    working[helper.encode_and_write.remote(batch, name)] = helper
                     continue
                 encoded = stage(batch)
                 write_shard(encoded, shards_uri, name)
                 written += len(encoded["sample_id"])
-            written += sum(ray.get(list(busy)))
+            # Helpers still loading their models are not waited for: the work is done.
+            written += sum(ray.get(list(working)))
     finally:
         for helper in helpers or []:
             ray.kill(helper)
