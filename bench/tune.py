@@ -5,10 +5,14 @@ loop of training scripts runs them (each preparing its own data, each to full le
              with Optuna's TPE and ASHA stopping the weak ones at their validations.
 2. baseline  the SAME N hyperparameter sets (read from the search's table), each a
              `bluepri.train.train` run from the image folder with its own cache folder (so
-             it validates, captions and encodes the set again) and no early stopping.
+             it validates, captions and encodes the set again), no early stopping, and its
+             own Ray Train worker group (a fresh process importing everything, as a loop of
+             training scripts pays per run).
 
-Prints both wall times, their ratio and both best held-out losses (the same fixed-noise
-validation loss on the same validation split; every cache here is the same bytes).
+Prints both wall times, their ratio, both best held-out losses (the same fixed-noise
+validation loss on the same validation split; every cache here is the same bytes) and the
+search's fixed cost per trial: a trial's wall time (Tune's `time_total_s`) less its steps,
+validations and checkpoints (`metrics.json` timings; trials that ran to the end).
 
     python bench/tune.py                   # ~12 minutes on 2 CPU cores
     python bench/tune.py --trials 4 --epochs 4
@@ -88,10 +92,39 @@ def run_baseline(args: argparse.Namespace, images: Path, folder: Path, rows: lis
                 **params,
                 "output_dir": str(run / "adapter"),
                 "cache_root": str(run / "cache"),  # its own: the set is prepared again
+                "in_process": False,  # its own worker process, as a script run has
             },
         )
         losses.append(train(config, log=lambda _: None).final_val_loss)
     return losses, time.perf_counter() - started
+
+
+WORK_PHASES = (
+    "first_step",
+    "steps",
+    "validation_loss",
+    "validation_images",
+    "validation_report",
+    "checkpoints",
+)
+
+
+def fixed_seconds(rows: list[dict]) -> list[float]:
+    """Each finished trial's wall time less its training, validation and checkpoint work.
+
+    The wall time is the longer of Tune's `time_total_s` (trial start to its last report,
+    the final validation) and the run's own `total` (all of `train`, publishing included).
+    """
+    import json
+
+    fixed = []
+    for row in rows:
+        if not row["adapter"] or row["seconds"] is None:
+            continue
+        timings = json.loads((Path(row["adapter"]) / "metrics.json").read_text())["timings"]
+        wall = max(row["seconds"], timings["total"])
+        fixed.append(wall - sum(timings.get(phase, 0.0) for phase in WORK_PHASES))
+    return fixed
 
 
 def main() -> None:
@@ -119,6 +152,7 @@ def main() -> None:
         )
         search, search_s = run_search(args, images, folder)
         rows = pq.read_table(search.results_parquet).to_pylist()
+        fixed = fixed_seconds(rows)
         baseline_losses, baseline_s = run_baseline(args, images, folder, rows)
     ray.shutdown()
 
@@ -137,6 +171,11 @@ def main() -> None:
         f"search speed-up vs baseline: {baseline_s / search_s:.2f}x  "
         f"({search.completed} trials ran to the end, {search.stopped_early} stopped by ASHA)"
     )
+    if fixed:
+        print(
+            f"search fixed cost per finished trial: mean {sum(fixed) / len(fixed):.2f} s, "
+            f"max {max(fixed):.2f} s (" + ", ".join(f"{f:.2f}" for f in fixed) + ")"
+        )
     print("per trial (search: state, validations, last val loss | baseline: full-length loss)")
     for row, full in zip(rows, baseline_losses, strict=True):
         params = f"lr={row['param_learning_rate']:.2e} rank={row['param_rank']} " + (

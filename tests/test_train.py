@@ -331,6 +331,47 @@ def test_resume_from_a_checkpoint_folder_matches(
     assert max((weights[k] - expected[k]).abs().max().item() for k in weights) <= 1e-5
 
 
+def test_one_worker_in_this_process_matches_its_worker_group(
+    ray_session, train_cache, tmp_path: Path
+) -> None:
+    """`in_process` changes where the loop runs, nothing else: the same adapter, the same
+    history and checkpoints of the same names and files as on a Ray Train worker group (to
+    float rounding, as two worker-group runs agree: see the crash-recovery test)."""
+    from bluepri.train import train
+
+    def run(name: str, in_process: bool):
+        config = reference_config(
+            train_cache,
+            tmp_path / name,
+            num_workers=1,
+            max_failures=0,
+            max_train_steps=8,
+            in_process=in_process,
+        )
+        return train(config, log=lambda _: None)
+
+    # One torch thread, as Ray gives a 1-CPU worker: the same float reductions on both sides.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = run("here", True)
+    finally:
+        torch.set_num_threads(threads)
+    group = run("group", False)
+    weights, expected = (
+        load_file(Path(r.adapter) / "pytorch_lora_weights.safetensors") for r in (here, group)
+    )
+    assert weights.keys() == expected.keys()
+    assert max((weights[k] - expected[k]).abs().max().item() for k in weights) <= 1e-5
+    histories = [json.loads(Path(r.metrics_history).read_text())["history"] for r in (here, group)]
+    assert [sorted(h) for h in histories[0]] == [sorted(h) for h in histories[1]]
+    for mine, theirs in zip(*histories, strict=True):
+        assert {k: pytest.approx(v, abs=1e-5) for k, v in mine.items()} == theirs
+    assert Path(here.checkpoint).name == Path(group.checkpoint).name == "checkpoint-00000008-final"
+    files = [sorted(p.name for p in Path(r.checkpoint).iterdir()) for r in (here, group)]
+    assert files[0] == files[1]
+
+
 # -- 5: Min-SNR ------------------------------------------------------------------------------
 
 

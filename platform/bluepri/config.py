@@ -501,6 +501,10 @@ class TrainConfig(StrictModel):
     storage_path: str | None = None  # Ray run storage; default <output_dir>/runs
     max_failures: int = Field(0, ge=-1)  # -1: retry forever (Ray's convention)
     experiment_name: str | None = None  # default: train-<time>
+    # Where the loop runs. None (auto): a one-worker run with no retries, not on a cluster
+    # (no RAY_ADDRESS), trains in this process, as the diffusers script does, without a Ray
+    # Train worker group to start; every other run gets one. True / false force it.
+    in_process: bool | None = None
 
     @field_validator("resolution")
     @classmethod
@@ -557,6 +561,10 @@ class TrainConfig(StrictModel):
             raise ValueError("mixed_precision fp16 needs use_gpu (CPUs run no or bf16)")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (owner/name)")
+        if self.in_process and (self.num_workers != 1 or self.max_failures):
+            raise ValueError(
+                "in_process runs one worker with no retries (num_workers 1, max_failures 0)"
+            )
         return self
 
 

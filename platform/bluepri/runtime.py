@@ -51,6 +51,11 @@ def ray_address() -> str | None:
     return value
 
 
+def cluster_named() -> bool:
+    """Whether this process is told to use a cluster (RAY_ADDRESS set and not `local`)."""
+    return os.environ.get(ADDRESS_ENV, "").strip() not in ("", "local")
+
+
 def current_cluster_address(value: str) -> str:
     """RAY_ADDRESS=auto: the cluster `ray start` on this machine recorded, if any."""
     from ray._private.utils import read_ray_address

@@ -5,13 +5,15 @@ Two places, one loop (`loop.run_worker`):
 - `RayTrainSession`: a Ray Train worker, one of `num_workers` in a `TorchTrainer`'s group.
   Ray Train persists the checkpoints (`CheckpointConfig(num_to_keep)`), hands the latest back
   after a worker failure and forwards reports to its callbacks.
-- `TrialSession`: the process of a Ray Tune trial itself, for a search's one-worker trials.
-  Tune reuses a trial's actor for the next trial (`reuse_actors`), so the second trial on an
-  actor finds torch, diffusers and the process already up, where a `TorchTrainer` per trial
-  would start a controller, a worker group and a process group and import everything again.
-  Checkpoints go where Ray Train would put them (`<storage_path>/<run>/checkpoint_<step>`,
-  the same files, `state.json` last), so `--resume_from_checkpoint latest`, a restarted
-  trial and `tune --resume` find them exactly as before; only validations reach Tune, as
+- `InProcessSession`: this process, for a one-worker run (Ray Train's "local mode", with
+  checkpoints kept). A local `bluepri train` then starts neither Ray nor a worker group, like
+  the diffusers script; a search's one-worker trial trains in its Tune trial's actor, which
+  Tune reuses for the next trial (`reuse_actors`), so the second trial on an actor finds
+  torch, diffusers and the process already up, where a `TorchTrainer` per trial would start a
+  controller, a worker group and a process group and import everything again. Checkpoints go
+  where Ray Train would put them (`<storage_path>/<run>/checkpoint-<step>`, the same files,
+  `state.json` last), so `--resume_from_checkpoint latest`, a restarted trial and
+  `tune --resume` find them exactly as before; in a trial, only validations reach Tune, as
   ASHA's rungs.
 """
 
@@ -78,28 +80,30 @@ class RayTrainSession:
         )
 
 
-class TrialSession:
-    """The one worker of a Tune trial, running in the trial's own (reused) actor."""
+class InProcessSession:
+    """The one worker of a run in this very process: a local one-worker run, or a Tune
+    trial in its own (reused) actor, whose validations go to Tune (`to_tune`)."""
 
-    def __init__(self, run_dir: str, *, use_gpu: bool, keep: int | None) -> None:
+    def __init__(self, run_dir: str, *, use_gpu: bool, keep: int | None, to_tune: bool) -> None:
         self.rank, self.world_size = 0, 1
-        # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU: it is device 0 here.
+        # Ray sets CUDA_VISIBLE_DEVICES to a trial's GPU: it is device 0 here.
         self.device = torch.device("cuda:0" if use_gpu else "cpu")
         self.run_dir = run_dir
         self.keep = keep
+        self.to_tune = to_tune
 
     def resume_checkpoint(self) -> str | None:
-        # A restarted trial calls `train` again, which finds the run's latest checkpoint
-        # itself (`--resume_from_checkpoint latest`): nothing to hand back here.
+        # A run restarted calls `train` again, which finds the run's latest checkpoint itself
+        # (`--resume_from_checkpoint latest`): nothing to hand back here.
         return None
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None, name: str) -> None:
-        import ray.tune
-
         if checkpoint is not None:
             persist_checkpoint(checkpoint, storage.join(self.run_dir, name))
             prune_checkpoints(self.run_dir, self.keep)
-        if metrics.get("val_loss") is not None and VALIDATION in metrics:
+        if self.to_tune and metrics.get("val_loss") is not None and VALIDATION in metrics:
+            import ray.tune
+
             ray.tune.report(metrics)  # validations only: ASHA's rungs
 
     def wait_for_checkpoints(self) -> None:

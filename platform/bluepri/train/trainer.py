@@ -4,7 +4,9 @@ On the driver, before any worker starts: validate everything that can be wrong (
 trackers, optional packages, hub access, the cache, the resume target), prepare the cache if
 needed, and fix the plan (epochs, steps, learning rates, seed). Then Ray Train runs
 `train_loop_per_worker` on `num_workers` workers, restarting the group from the latest
-checkpoint on a worker failure (`FailureConfig(max_failures)`).
+checkpoint on a worker failure (`FailureConfig(max_failures)`). A one-worker run with no
+retries and no cluster named runs the same loop in this process instead (`in_process`,
+`session.InProcessSession`): no Ray and no worker group to start for a short local run.
 
 Runs live under `<storage_path>/<experiment_name>` (default `<output_dir>/runs/train-<time>`):
 Ray keeps the checkpoints there and, for a run name it has seen, hands the latest back on
@@ -82,7 +84,7 @@ def train(
 
     `callbacks` are extra Ray Train callbacks (e.g. Tune's `TuneReportCallback` when a Tune
     trial runs this function on a worker group). `in_tune_trial`: run the one worker in this
-    very process, a Tune trial's actor, reporting validations to Tune (`session.TrialSession`).
+    very process, a Tune trial's actor, reporting validations to Tune (`session`).
     """
     clock = PhaseClock()
     config = with_resolved_paths(config)
@@ -94,19 +96,21 @@ def train(
         raise BluepriError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
     if config.push_to_hub:
         check_hub_access()
-    if in_tune_trial and config.num_workers != 1:
-        raise BluepriError(f"a run inside a Tune trial has one worker, not {config.num_workers}")
+    if in_tune_trial and (config.num_workers != 1 or config.max_failures):
+        raise BluepriError("a run inside a Tune trial has one worker and no retries of its own")
     run_name, resume_from, resume_state = resolve_run(config, log)
     if config.seed is None:
         seed = resume_state["plan"]["seed"] if resume_state else secrets.randbelow(2**31)
         config = build_config(TrainConfig, {**config.model_dump(), "seed": seed})
 
     clock.lap("checks")
-    from bluepri.runtime import ensure_ray
+    in_process = in_tune_trial or runs_in_process(config)
+    if not in_process:
+        from bluepri.runtime import ensure_ray
 
-    ensure_ray()  # first: the data stage runs on it too, and its start is timed on its own
-    clock.lap("ray")
-    cache_uri = cache_for(config, log)
+        ensure_ray()  # first: the data stage runs on it too, and its start is timed on its own
+        clock.lap("ray")
+    cache_uri = cache_for(config, log)  # the data stage starts Ray if it has work to do
     clock.lap("data")
     plan = make_plan(config, cache_uri)
     if resume_state:
@@ -119,8 +123,8 @@ def train(
 
     clock.lap("checks")
     fit_started = time.time()
-    if in_tune_trial:
-        summary, checkpoint = fit_in_trial(config, plan, run_name, resume_from)
+    if in_process:
+        summary, checkpoint = fit_in_process(config, plan, run_name, resume_from, in_tune_trial)
     else:
         summary, checkpoint = fit(config, plan, run_name, resume_from, callbacks)
     clock.lap("fit")
@@ -237,20 +241,38 @@ def fit(
         release_controller(previous_sigint)
 
 
-def fit_in_trial(
-    config: TrainConfig, plan: TrainPlan, run_name: str, resume_from: str | None
+def runs_in_process(config: TrainConfig) -> bool:
+    """`in_process`, or when unset: one worker, no retries and no cluster named."""
+    if config.in_process is not None:
+        return config.in_process
+    from bluepri.runtime import cluster_named
+
+    return config.num_workers == 1 and config.max_failures == 0 and not cluster_named()
+
+
+def fit_in_process(
+    config: TrainConfig,
+    plan: TrainPlan,
+    run_name: str,
+    resume_from: str | None,
+    in_tune_trial: bool,
 ) -> tuple[dict[str, Any], str | None]:
-    """Run the loop's one worker here, in the Tune trial's process; a worker failure fails
-    the trial, which Tune restarts (its `FailureConfig`) from the run's latest checkpoint."""
+    """Run the loop's one worker here. A failure fails the run (a trial: Tune restarts it
+    from the run's latest checkpoint under its `FailureConfig`)."""
     from bluepri.train.loop import run_worker
-    from bluepri.train.session import TrialSession
+    from bluepri.train.session import InProcessSession
 
     run_dir = storage.join(config.storage_path, run_name)
-    session = TrialSession(run_dir, use_gpu=config.use_gpu, keep=config.checkpoints_total_limit)
+    session = InProcessSession(
+        run_dir,
+        use_gpu=config.use_gpu,
+        keep=config.checkpoints_total_limit,
+        to_tune=in_tune_trial,
+    )
     try:
         summary = run_worker(loop_config(config, plan, run_name, resume_from), session) or {}
     finally:
-        gc.collect()  # the trial's models go before the next trial on this actor loads its own
+        gc.collect()  # the models go before whatever this process loads next
     return summary, latest_checkpoint(run_dir)
 
 

@@ -164,10 +164,11 @@ def make_trial_fn(base: dict[str, Any], trials_root: str, in_process: bool):
         from bluepri.tune.report import ValidationReportCallback
 
         trial_id = ray.tune.get_context().get_trial_id()
-        config = build_config(TrainConfig, trial_train_values(base, params, trials_root, trial_id))
+        values = trial_train_values(base, params, trials_root, trial_id)
         if in_process:
-            train(config, log=lambda _: None, in_tune_trial=True)
-        else:
+            train(build_config(TrainConfig, values), log=lambda _: None, in_tune_trial=True)
+        else:  # a worker group of its own, whatever the run's size
+            config = build_config(TrainConfig, {**values, "in_process": False})
             train(config, log=lambda _: None, callbacks=[ValidationReportCallback()])
 
     return run_trial
@@ -176,7 +177,7 @@ def make_trial_fn(base: dict[str, Any], trials_root: str, in_process: bool):
 def trials_in_process(config: SearchConfig, train: TrainConfig) -> bool:
     """Whether trials train inside their (reused) Tune actors: one-worker trials, unless the
     search asks for a worker group per trial."""
-    return config.trials_in_process and train.num_workers == 1
+    return config.trials_in_process and train.num_workers == 1 and train.max_failures == 0
 
 
 def fitted_concurrency(config: SearchConfig, train: TrainConfig) -> int:
