@@ -58,6 +58,7 @@ def scaling(cache_uri: str, folder: Path, steps: int, batch_size: int) -> dict[i
             checkpointing_steps=10_000,
             lr_warmup_steps=0,
             seed=0,
+            in_process=False,  # one worker is a Ray Train worker too, 1 CPU and 1 thread
         )
         results[workers] = train(config, log=lambda _: None).samples_per_s
     return results
