@@ -451,6 +451,8 @@ def empty_cache(root: Path) -> Path:
         (["--cache={empty}"], "no training rows"),
         (["--mixed_precision=fp16"], "fp16 needs use_gpu"),
         (["--learning_rate=0"], "learning_rate"),
+        (["--in_process", "--num_workers=2"], "in_process runs one worker with no retries"),
+        (["--in_process", "--max_failures=1"], "in_process runs one worker with no retries"),
         (
             ["--report_to=wandb,comet"],
             "report_to: Value error, unknown tracker 'comet'; choose from wandb, mlflow, "

@@ -389,6 +389,11 @@ def train_command(
     storage_path: str = typer.Option(None, "--storage_path", help="Ray run storage (URI ok)."),
     max_failures: int = typer.Option(None, "--max_failures", help="Worker-group restarts."),
     experiment_name: str = typer.Option(None, "--experiment_name", help="Ray run name."),
+    in_process: bool = typer.Option(
+        None,
+        "--in_process/--worker_group",
+        help="Train here, or on a Ray Train worker group (default: here for one local worker).",
+    ),
     config: Path = typer.Option(None, "--config", help="YAML file with the same keys."),
 ) -> None:
     """Fine-tune LoRA on SDXL with Ray Train (the paper's train_text_to_image_lora_sdxl flags)."""
