@@ -4,17 +4,18 @@ Runs, on the same tiny SDXL base (`tiny:base`, the folder bluepri builds offline
 same synthetic blueprints (32 captioned images), at 128 px, batch 4, 1 worker, fp32, no
 validation images, no held-out split and no per-epoch validation:
 
-- poll-2s: `bluepri train` with Ray Train's default controller poll interval (2 s), what a
-  TorchTrainer run gets out of the box;
-- bluepri: `bluepri train` as it is (the poll interval every bluepri Ray sets,
-  `bluepri.runtime.TRAIN_POLL_ENV`);
+- worker-group: `bluepri train --worker_group`, the run on a Ray Train worker group of one
+  (its own local Ray, the 0.25 s controller poll every bluepri Ray sets), what every run
+  was before one-worker runs trained in their own process;
+- bluepri: `bluepri train` as it is (one local worker, no retries: in this process, no Ray,
+  `TrainConfig.in_process`);
 - script: diffusers' `examples/text_to_image/train_text_to_image_lora_sdxl.py`, run as it is
   in a venv of its own (`bench/script_env.sh` builds it: the script imports torchvision,
   which needs another torch than bluepri's, so the two torch versions differ).
 
-Each `bluepri train` is its own process with its own local Ray, the cache prepared once
-before and reused; the script gets its datasets cache built once before and reused. Both
-run at `--steps` (10) and at `--long-steps` (30). It prints the phase table (bluepri's from
+Each `bluepri train` is its own process, the cache prepared once before and reused; the
+script gets its datasets cache built once before and reused. Both run at `--steps` (10) and
+at `--long-steps` (30). It prints the phase table (bluepri's from
 the run's metrics.json, `bluepri.timings`; the script's from the parent's clock on its log:
 to "Running training", to step 1, to the last step, to exit) and two ratios:
 
@@ -25,8 +26,8 @@ to "Running training", to step 1, to the last step, to exit) and two ratios:
   in the loop, the mean of steps 2..long of the long runs (bluepri's `steps` phase, the
   script's tqdm).
 
-The script runs with OMP_NUM_THREADS=1 (`--script-threads`), the one thread Ray gives
-bluepri's 1-CPU worker: the same compute for both.
+The script and the in-process bluepri run with OMP_NUM_THREADS=1 (`--script-threads`), the
+one thread Ray gives bluepri's 1-CPU worker: the same compute for all three.
 
 `--repeat` runs each that many times, interleaved, and reports medians; the table is the
 run nearest the median.
@@ -53,13 +54,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 BLUEPRI = str(Path(sys.executable).with_name("bluepri"))
-RAY_DEFAULT_POLL_S = "2.0"  # ray.train.v2's DEFAULT_HEALTH_CHECK_INTERVAL_S
-POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 NO_EPOCH_VALIDATION = 1_000_000  # --validation_epochs: validate once, at the end
 # The script's log lines its phases are timed by: the end of its set-up, and its tqdm bar.
 SCRIPT_SETUP_DONE = "***** Running training *****"
 SCRIPT_STEP = re.compile(r"Steps:.*?\|\s*(\d+)/(\d+) \[")
-KINDS = ("poll-2s", "bluepri", "script")
+KINDS = ("worker-group", "bluepri", "script")
 LOOP_PHASES = ("first_step", "steps", "loop_other", "checkpoints", "validation_loss",
                "validation_images", "validation_report")  # fmt: skip
 SMALL = 0.05  # seconds: phases below it in every column share one row of the table
@@ -120,13 +119,13 @@ def script_argv(
     ]  # fmt: skip
 
 
-def run_bluepri(argv: list[str], poll_s: str | None) -> Run:
-    """One `bluepri train` process and the timings its metrics.json holds; `poll_s`
-    replaces the controller poll interval bluepri gives its local Ray."""
+def run_bluepri(argv: list[str], threads: int) -> Run:
+    """One `bluepri train` process and the timings its metrics.json holds; `threads`: its
+    OMP_NUM_THREADS (0: torch's default; a worker group's worker gets 1 from Ray anyway)."""
     env = dict(os.environ)
-    env.pop(POLL_ENV, None)
-    if poll_s is not None:
-        env[POLL_ENV] = poll_s  # bluepri's local Ray keeps a value the environment sets
+    env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     load = os.getloadavg()[0]
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -219,7 +218,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--script-python", help="python of the script's venv (script_env.sh)")
     parser.add_argument("--diffusers-script", help="train_text_to_image_lora_sdxl.py")
-    parser.add_argument("--no-poll-baseline", action="store_true", help="skip poll-2s runs")
+    parser.add_argument("--no-worker-group", action="store_true", help="skip the worker-group runs")
     parser.add_argument(
         "--script-threads",
         type=int,
@@ -243,11 +242,11 @@ def main() -> None:
         SynthConfig(out_dir=str(data), num_images=args.images, seed=1, uncaptioned_fraction=0)
     )
     model = str(tiny_folder("base"))  # an ordinary diffusers folder: the script loads it too
-    versions = f"bluepri: torch {version('torch')}, 1 thread (Ray's for a 1-CPU worker)"
+    threads = args.script_threads or "torch's default"
+    versions = f"bluepri: torch {version('torch')}, {threads} thread(s)"
     if with_script:
         probe = [args.script_python, "-c", "import torch; print(torch.__version__)"]
         script_torch = subprocess.run(probe, capture_output=True, text=True, check=True)
-        threads = args.script_threads or "torch's default"
         versions += f"; script: torch {script_torch.stdout.strip()}, {threads} thread(s)"
 
     def script(out: Path, steps: int) -> Run:
@@ -256,14 +255,14 @@ def main() -> None:
         return run_script(argv, steps, args.script_threads)
 
     # Once each, so measured runs reuse the caches (the data stage is not what is measured).
-    run_bluepri(train_argv(data, cache_root, root / "warm", 1), None)
+    run_bluepri(train_argv(data, cache_root, root / "warm", 1), args.script_threads)
     if with_script:
         script(root / "script-warm", 2)
 
     lengths = [args.steps] + ([args.long_steps] if args.long_steps > args.steps else [])
     plan = [("bluepri", n) for n in lengths]
-    if not args.no_poll_baseline:
-        plan.insert(0, ("poll-2s", args.steps))
+    if not args.no_worker_group:
+        plan.insert(0, ("worker-group", args.steps))
     if with_script:
         plan += [("script", n) for n in lengths]
     results = Results()
@@ -273,8 +272,10 @@ def main() -> None:
             if kind == "script":
                 run = script(out, steps)
             else:
-                poll = RAY_DEFAULT_POLL_S if kind == "poll-2s" else None
-                run = run_bluepri(train_argv(data, cache_root, out, steps), poll)
+                argv = train_argv(data, cache_root, out, steps)
+                if kind == "worker-group":
+                    argv.append("--worker_group")
+                run = run_bluepri(argv, args.script_threads)
             results.add(kind, steps, run)
             print(f"{kind:8} {steps:3d} steps, run {index + 1}: {run.wall:6.1f} s wall "
                   f"(load {run.load:.2f})", flush=True)  # fmt: skip
@@ -289,8 +290,8 @@ def main() -> None:
     wall = {k: results.wall(k, short) for k in KINDS}
     print(f"\nprocess wall, {short} steps (median of {args.repeat}): "
           + ", ".join(f"{k} {v:.1f} s" for k, v in wall.items() if v is not None))  # fmt: skip
-    if wall["poll-2s"] is not None:
-        print(f"  poll-2s / bluepri: {wall['poll-2s'] / wall['bluepri']:.2f}x")
+    if wall["worker-group"] is not None:
+        print(f"  worker-group / bluepri: {wall['worker-group'] / wall['bluepri']:.2f}x")
     # Per step, three ways. The wall per extra step, (wall[long] - wall[short]) / (long -
     # short), holds everything a step costs but also the noise of the fixed costs (Ray and
     # process start); the loop per extra step takes the same difference of the training

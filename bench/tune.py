@@ -11,10 +11,11 @@ loop of training scripts runs them (each preparing its own data, each to full le
 
 Prints both wall times, their ratio, both best held-out losses (the same fixed-noise
 validation loss on the same validation split; every cache here is the same bytes) and the
-search's fixed cost per trial: a trial's wall time (Tune's `time_total_s`) less its steps,
-validations and checkpoints (`metrics.json` timings; trials that ran to the end).
+search's fixed cost per trial: a trial's wall time (Tune's `time_total_s`) less its steps
+and validations (`fixed_seconds`), split into each actor's first trial and the later trials
+that Tune ran on a reused actor.
 
-    python bench/tune.py                   # ~12 minutes on 2 CPU cores
+    python bench/tune.py                   # ~2.5 minutes on 2 CPU cores
     python bench/tune.py --trials 4 --epochs 4
 """
 
@@ -109,21 +110,43 @@ WORK_PHASES = (
 )
 
 
-def fixed_seconds(rows: list[dict]) -> list[float]:
-    """Each finished trial's wall time less its training, validation and checkpoint work.
-
-    The wall time is the longer of Tune's `time_total_s` (trial start to its last report,
-    the final validation) and the run's own `total` (all of `train`, publishing included).
-    """
+def trial_reports(experiment: Path) -> dict[str, dict]:
+    """Each trial's last Tune report (`result.json`): its pid, steps, validations, seconds."""
     import json
 
-    fixed = []
+    last = {}
+    for path in experiment.glob("*/result.json"):
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        if lines:
+            report = json.loads(lines[-1])
+            last[report["trial_id"]] = report
+    return last
+
+
+def fixed_seconds(rows: list[dict], experiment: Path) -> list[tuple[str, bool, float]]:
+    """(trial, first on its actor, fixed seconds) for every trial: its wall time (Tune's
+    `time_total_s`, trial start to its last report) less its work. A finished trial's work
+    is what its `metrics.json` timings book to steps, validations and checkpoints; a trial
+    ASHA stopped has no timings, so its work is estimated at the finished trials' cost per
+    step and per validation (an ASHA-stopped trial here does 3-12 steps)."""
+    import json
+
+    reports = trial_reports(experiment)
+    per_step, per_validation = [], []
     for row in rows:
-        if not row["adapter"] or row["seconds"] is None:
-            continue
-        timings = json.loads((Path(row["adapter"]) / "metrics.json").read_text())["timings"]
-        wall = max(row["seconds"], timings["total"])
-        fixed.append(wall - sum(timings.get(phase, 0.0) for phase in WORK_PHASES))
+        if row["adapter"]:
+            timings = json.loads((Path(row["adapter"]) / "metrics.json").read_text())["timings"]
+            per_step.append((timings["first_step"] + timings["steps"]) / row["steps"])
+            per_validation.append(timings["validation_loss"] / (row["validations"] + 1))
+    step_s = sum(per_step) / len(per_step)
+    validation_s = sum(per_validation) / len(per_validation)
+    seen_pids, fixed = set(), []
+    for row in sorted(rows, key=lambda r: r["started"] or 0):
+        report = reports[row["trial_id"]]
+        first = report["pid"] not in seen_pids
+        seen_pids.add(report["pid"])
+        work = report["step"] * step_s + (report["validation"] + 1) * validation_s
+        fixed.append((row["trial_id"], first, report["time_total_s"] - work))
     return fixed
 
 
@@ -152,7 +175,7 @@ def main() -> None:
         )
         search, search_s = run_search(args, images, folder)
         rows = pq.read_table(search.results_parquet).to_pylist()
-        fixed = fixed_seconds(rows)
+        fixed = fixed_seconds(rows, Path(search.experiment_path))
         baseline_losses, baseline_s = run_baseline(args, images, folder, rows)
     ray.shutdown()
 
@@ -171,11 +194,14 @@ def main() -> None:
         f"search speed-up vs baseline: {baseline_s / search_s:.2f}x  "
         f"({search.completed} trials ran to the end, {search.stopped_early} stopped by ASHA)"
     )
-    if fixed:
-        print(
-            f"search fixed cost per finished trial: mean {sum(fixed) / len(fixed):.2f} s, "
-            f"max {max(fixed):.2f} s (" + ", ".join(f"{f:.2f}" for f in fixed) + ")"
-        )
+    warm = [seconds for _, first, seconds in fixed if not first]
+    cold = [seconds for _, first, seconds in fixed if first]
+    print(
+        f"search fixed cost per trial: mean {sum(s for *_, s in fixed) / len(fixed):.2f} s; "
+        f"first trial on an actor {', '.join(f'{s:.2f}' for s in cold)} s; later trials on "
+        f"a reused actor mean {sum(warm) / max(1, len(warm)):.2f} s, max "
+        f"{max(warm, default=0):.2f} s"
+    )
     print("per trial (search: state, validations, last val loss | baseline: full-length loss)")
     for row, full in zip(rows, baseline_losses, strict=True):
         params = f"lr={row['param_learning_rate']:.2e} rank={row['param_rank']} " + (

@@ -468,7 +468,7 @@ def sample_grid(
             vae=config.pretrained_vae_model_name_or_path,
             device=str(models.device),
             # One image per call: batch invariance would buy nothing here but its per-op
-            # cost (about half of a validation image's time on CPU, demo recipe, measured).
+            # cost (demo recipe on CPU: 0.44 -> 0.28 s a validation without it, measured).
             batch_invariant=False,
         ),
     )
