@@ -39,12 +39,15 @@ def test_train_starts_its_own_ray_despite_a_stale_current_cluster_file(
     tiny_models, small_set: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "adapter"
+    # On a worker group: the run starts Ray itself (a one-worker local run would start it
+    # only for the data stage, and train in its own process).
+    argv = [*train_argv(small_set, out), "--worker_group"]
     with stale_cluster_env() as env:
         # The bound is a hang guard: Ray's own lookup of the dead address takes minutes.
-        done = subprocess.run(
-            train_argv(small_set, out), env=env, capture_output=True, text=True, timeout=420
-        )
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=420)
+        ray_sessions = list((Path(env["RAY_TMPDIR"]) / "ray").glob("session_*"))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert ray_sessions  # its own Ray, in the temp folder it was given
     assert artifacts.has_adapter(str(out))
     assert (out / artifacts.WEIGHTS_NAME).stat().st_size > 0
     # Where the run's wall time went, in metrics.json and on the terminal (issue 15).
@@ -57,6 +60,18 @@ def test_train_starts_its_own_ray_despite_a_stale_current_cluster_file(
     assert all(v >= 0 for k, v in phases.items() if k != "fit_other"), timings
     assert phases["ray"] > 0 and phases["worker_group_start"] > 0  # really measured
     assert "where the time went:" in done.stdout and "worker_group_start" in done.stdout
+
+    # The same run again, on the cache the first one prepared, as a one-worker local run
+    # trains by default: in its own process, and no Ray started at all.
+    again = tmp_path / "again"
+    argv = [*train_argv(small_set, again), f"--cache_root={out / 'cache'}"]
+    with stale_cluster_env() as env:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=420)
+        ray_sessions = list((Path(env["RAY_TMPDIR"]) / "ray").glob("session_*"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert artifacts.has_adapter(str(again)) and ray_sessions == []
+    timings = json.loads((again / artifacts.METRICS_JSON).read_text())["timings"]
+    assert "ray" not in timings and timings["steps"] > 0
 
 
 def test_every_process_of_bluepri_ray_polls_train_workers_often(ray_session, monkeypatch) -> None:

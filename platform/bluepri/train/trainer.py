@@ -235,7 +235,7 @@ def fit(
         result = trainer.fit()
         return result.return_value or {}, result.checkpoint.path if result.checkpoint else None
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise RuntimeError(f"training run {run_name} failed: {first}") from err
     finally:
         release_controller(previous_sigint)
@@ -271,9 +271,19 @@ def fit_in_process(
     )
     try:
         summary = run_worker(loop_config(config, plan, run_name, resume_from), session) or {}
+    except BluepriError:
+        raise
+    except Exception as err:  # as the worker-group path reports it
+        raise RuntimeError(f"training run {run_name} failed: {first_line(err)}") from err
     finally:
         gc.collect()  # the models go before whatever this process loads next
     return summary, latest_checkpoint(run_dir)
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first line (its type's name when it has no message)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def release_controller(previous_sigint: Any) -> None:
@@ -347,7 +357,7 @@ def check_hub_access() -> None:
     try:
         HfApi().whoami()
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise BluepriError(
             f"--push_to_hub: cannot use the Hugging Face Hub ({first[:160]}); log in with "
             "`hf auth login` and check the network, or drop --push_to_hub"
@@ -362,7 +372,7 @@ def push_to_hub(folder: str, repo_id: str | None, log: Callable[[str], None]) ->
         api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message="bluepri train")
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise BluepriError(
             f"training finished but the upload to {repo_id!r} failed ({first[:160]}); "
             f"the adapter is in {folder}"
