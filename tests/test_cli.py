@@ -32,6 +32,10 @@ def test_data_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["generate", "--prompt", "x", "--out", "o.png", "--base", "{tmp}"], "not a diffusers"),
         (["demo", "--out", "{tmp}/a-file"], "is a file"),
         (["data", "synth", "--out", "{tmp}/a-file"], "file"),
+        (
+            ["data", "prepare", "--source", "{tmp}", "--out", "{tmp}/c", "--model_stage", "gpu"],
+            "model_stage: Input should be 'auto', 'driver' or 'actors'",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(

@@ -184,6 +184,9 @@ def data_prepare(
     val_fraction: float = typer.Option(None, "--val_fraction"),
     dedup_threshold: int = typer.Option(None, "--dedup_threshold"),
     num_encode_actors: int = typer.Option(None, "--num_encode_actors"),
+    model_stage: str = typer.Option(
+        None, "--model_stage", help="auto, driver or actors: where the models run."
+    ),
     encode_batch_size: int = typer.Option(None, "--encode_batch_size"),
     device: str = typer.Option(None),
     dtype: str = typer.Option(None),
