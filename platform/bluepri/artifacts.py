@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bluepri import storage
-from bluepri.errors import BluepriError
+from bluepri.errors import BluepriError, first_line
 
 # -- file names ---------------------------------------------------------------------------------
 
@@ -453,5 +453,4 @@ def read_render_table(uri: str):
     try:
         return table.select(schema.names).cast(schema)
     except (pa.ArrowException, ValueError) as err:
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise BluepriError(f"{uri} has a column of the wrong type ({why})") from None
+        raise BluepriError(f"{uri} has a column of the wrong type ({first_line(err)})") from None

@@ -506,6 +506,11 @@ class TrainConfig(StrictModel):
     # Train worker group to start; every other run gets one. True / false force it.
     in_process: bool | None = None
 
+    @property
+    def fits_in_process(self) -> bool:
+        """One worker and no retries: a run that can train in the calling process."""
+        return self.num_workers == 1 and self.max_failures == 0
+
     @field_validator("resolution")
     @classmethod
     def resolution_multiple_of_8(cls, value: int | None) -> int | None:
@@ -561,7 +566,7 @@ class TrainConfig(StrictModel):
             raise ValueError("mixed_precision fp16 needs use_gpu (CPUs run no or bf16)")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (owner/name)")
-        if self.in_process and (self.num_workers != 1 or self.max_failures):
+        if self.in_process and not self.fits_in_process:
             raise ValueError(
                 "in_process runs one worker with no retries (num_workers 1, max_failures 0)"
             )

@@ -10,6 +10,12 @@ class BluepriError(Exception):
     """A user-facing error; `str(err)` is the whole one-line message."""
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line (its type's name when it has no message)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def error_line(err: BaseException) -> str:
     """One line for any error: ours as they are; others as their type and last line (Ray
     wraps a remote error in its whole traceback, whose last line names the cause)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bluepri import storage
-from bluepri.errors import BluepriError
+from bluepri.errors import BluepriError, first_line
 
 CATALOGUE_COLUMNS = (
     "id",
@@ -284,7 +284,7 @@ def parquet_rows(catalogue: Catalogue) -> Iterator[CatalogueRow]:
                 number += 1
                 yield CatalogueRow(number, known_values(record))
     except (pa.ArrowException, OSError) as err:
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise BluepriError(
-            f"catalogue {catalogue.uri!r}: parquet unreadable after row {number} ({why})"
+            f"catalogue {catalogue.uri!r}: parquet unreadable after row {number} "
+            f"({first_line(err)})"
         ) from None

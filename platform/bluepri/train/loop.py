@@ -253,11 +253,8 @@ def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> dict[str,
                         models, config, plan, epoch + 1, state.global_step, rank, world_size,
                         tracker,
                     )  # fmt: skip
-                # `validation` numbers the reports that carry a fresh validation: Tune's ASHA
-                # rungs. Counted from the run's history, so a resumed run numbers on.
-                metrics = window.metrics(state, lr_scheduler.get_last_lr()[0])
                 with clock.phase("validation_report"):  # a barrier across the workers
-                    session.report({**metrics, VALIDATION: validations_done(state)}, None, "")
+                    report_validation(state, window, run)
             if state.next_batch == len(batches):  # the position moves on to the next epoch
                 state.epoch, state.next_batch = epoch + 1, 0
             if done:
@@ -270,8 +267,7 @@ def run_worker(loop_config: dict[str, Any], session: WorkerSession) -> dict[str,
     else:
         # Restarted after its end (e.g. a search driver killed between a trial's last report
         # and Tune recording it): report the last validation again, or Tune keeps an older one.
-        metrics = window.metrics(state, lr_scheduler.get_last_lr()[0])
-        session.report({**metrics, VALIDATION: validations_done(state)}, None, "")
+        report_validation(state, window, run)
     clock.lap("loop_other")  # the loop less its timed parts: data loading, epoch set-up
 
     # 5. The adapter artifact, from rank 0 (every rank holds the same weights).
@@ -405,6 +401,13 @@ class WorkerRun:
 def validations_done(state: TrainState) -> int:
     """Validations after training steps so far (the step-0 baseline does not count)."""
     return sum(1 for entry in state.history if "val_loss" in entry and entry["step"] > 0)
+
+
+def report_validation(state: TrainState, window: ThroughputWindow, run: WorkerRun) -> None:
+    """Report the run's latest validation, numbered (`validation` counts the reports that
+    carry a fresh one: Tune's ASHA rungs; from the history, so a resumed run numbers on)."""
+    metrics = window.metrics(state, run.lr_scheduler.get_last_lr()[0])
+    run.session.report({**metrics, VALIDATION: validations_done(state)})
 
 
 def report_checkpoint(

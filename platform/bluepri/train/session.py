@@ -31,6 +31,11 @@ from bluepri.train.checkpoint import CHECKPOINT_PREFIX, STATE
 VALIDATION = "validation"
 
 
+def carries_validation(metrics: dict[str, Any]) -> bool:
+    """Whether a report holds a fresh validation: only those reach Tune, as ASHA's rungs."""
+    return metrics.get("val_loss") is not None and VALIDATION in metrics
+
+
 class WorkerSession(Protocol):
     """What `loop.run_worker` asks of the place it runs in."""
 
@@ -41,7 +46,9 @@ class WorkerSession(Protocol):
     def resume_checkpoint(self) -> str | None:
         """The checkpoint folder the runtime hands back after a failure, if any."""
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None, name: str) -> None:
+    def report(
+        self, metrics: dict[str, Any], checkpoint: Path | None = None, name: str = ""
+    ) -> None:
         """Report metrics (and rank 0's checkpoint folder, saved under `name`)."""
 
     def wait_for_checkpoints(self) -> None:
@@ -65,7 +72,9 @@ class RayTrainSession:
         checkpoint = ray.train.get_checkpoint()
         return checkpoint.path if checkpoint is not None else None
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None, name: str) -> None:
+    def report(
+        self, metrics: dict[str, Any], checkpoint: Path | None = None, name: str = ""
+    ) -> None:
         import ray.train
 
         saved = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
@@ -97,11 +106,13 @@ class InProcessSession:
         # (`--resume_from_checkpoint latest`): nothing to hand back here.
         return None
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None, name: str) -> None:
+    def report(
+        self, metrics: dict[str, Any], checkpoint: Path | None = None, name: str = ""
+    ) -> None:
         if checkpoint is not None:
             persist_checkpoint(checkpoint, storage.join(self.run_dir, name))
             prune_checkpoints(self.run_dir, self.keep)
-        if self.to_tune and metrics.get("val_loss") is not None and VALIDATION in metrics:
+        if self.to_tune and carries_validation(metrics):
             import ray.tune
 
             ray.tune.report(metrics)  # validations only: ASHA's rungs

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from bluepri import storage
 from bluepri.artifacts import LOSS_CURVE, METRICS_JSON, read_adapter_info, read_index, read_manifest
 from bluepri.config import PrepareConfig, TrainConfig, build_config
-from bluepri.errors import BluepriError
+from bluepri.errors import BluepriError, first_line
 from bluepri.models.loading import resolve_ref
 from bluepri.timings import PhaseClock
 from bluepri.train.checkpoint import STATE, latest_checkpoint
@@ -96,7 +96,7 @@ def train(
         raise BluepriError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
     if config.push_to_hub:
         check_hub_access()
-    if in_tune_trial and (config.num_workers != 1 or config.max_failures):
+    if in_tune_trial and not config.fits_in_process:
         raise BluepriError("a run inside a Tune trial has one worker and no retries of its own")
     run_name, resume_from, resume_state = resolve_run(config, log)
     if config.seed is None:
@@ -247,7 +247,7 @@ def runs_in_process(config: TrainConfig) -> bool:
         return config.in_process
     from bluepri.runtime import cluster_named
 
-    return config.num_workers == 1 and config.max_failures == 0 and not cluster_named()
+    return config.fits_in_process and not cluster_named()
 
 
 def fit_in_process(
@@ -278,12 +278,6 @@ def fit_in_process(
     finally:
         gc.collect()  # the models go before whatever this process loads next
     return summary, latest_checkpoint(run_dir)
-
-
-def first_line(err: BaseException) -> str:
-    """An error's first line (its type's name when it has no message)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def release_controller(previous_sigint: Any) -> None:

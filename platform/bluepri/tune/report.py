@@ -6,7 +6,7 @@ from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from bluepri.train import VALIDATION
+from bluepri.train import carries_validation
 
 
 class ValidationReportCallback(TuneReportCallback):
@@ -17,6 +17,6 @@ class ValidationReportCallback(TuneReportCallback):
     """
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint) -> None:
-        if not metrics or metrics[0].get("val_loss") is None or VALIDATION not in metrics[0]:
+        if not metrics or not carries_validation(metrics[0]):
             return
         super().after_report(run_context, metrics, checkpoint)

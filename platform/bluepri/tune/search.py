@@ -177,7 +177,7 @@ def make_trial_fn(base: dict[str, Any], trials_root: str, in_process: bool):
 def trials_in_process(config: SearchConfig, train: TrainConfig) -> bool:
     """Whether trials train inside their (reused) Tune actors: one-worker trials, unless the
     search asks for a worker group per trial."""
-    return config.trials_in_process and train.num_workers == 1 and train.max_failures == 0
+    return config.trials_in_process and train.fits_in_process
 
 
 def fitted_concurrency(config: SearchConfig, train: TrainConfig) -> int:
