@@ -163,3 +163,31 @@ def test_adapter_metadata_is_the_same_in_every_process() -> None:
         for seed in (0, 1, 2, 3)
     }
     assert len(outputs) == 1
+
+
+def test_a_saved_adapter_is_the_same_bytes_in_every_process(tiny_models, tmp_path: Path) -> None:
+    """The adapter's sha256 is its identity (adapter.json, registry): the same weights saved by
+    another process must give the same file. safetensors writes its metadata map in the
+    process's own hash order, so without a canonical header two processes differ."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, hashlib, torch; from pathlib import Path; "
+        "from bluepri.models.loading import load_base; "
+        "from bluepri.models.lora import attach_lora, save_lora_folder; "
+        "unet = load_base('tiny:base').unet; torch.manual_seed(0); "
+        "attach_lora(unet, rank=4, init=False); folder = save_lora_folder(sys.argv[1], unet); "
+        "print(hashlib.sha256((folder / 'pytorch_lora_weights.safetensors').read_bytes())"
+        ".hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", program, str(tmp_path / str(index))],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for index in range(5)
+    }
+    assert len(digests) == 1

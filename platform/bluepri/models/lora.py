@@ -70,7 +70,32 @@ def save_lora_folder(
         text_encoder_2_lora_adapter_metadata=adapter_metadata(text_encoder_2),
         safe_serialization=True,
     )
+    canonical_safetensors_header(folder / "pytorch_lora_weights.safetensors")
     return folder
+
+
+def canonical_safetensors_header(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata keys sorted, in place.
+
+    safetensors writes its metadata map in the writing process's own hash order, so the same
+    adapter saved by two processes differs in bytes, and its sha256 (the adapter's identity
+    in adapter.json and the registry) with it. Only the order changes: same keys and values,
+    same length, same tensors; a header that would not keep its length is left as it is.
+    """
+    import json
+    import struct
+
+    with path.open("r+b") as file:
+        (size,) = struct.unpack("<Q", file.read(8))
+        raw = file.read(size)
+        header = json.loads(raw)
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            return
+        file.seek(8)
+        file.write(text.ljust(size, b" "))  # safetensors pads its header with spaces
 
 
 def adapter_metadata(model: Any | None) -> dict[str, Any] | None:
