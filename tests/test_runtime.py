@@ -104,6 +104,11 @@ def test_every_process_of_bluepri_ray_polls_train_workers_often(ray_session, mon
         assert f"ENV {name}={value}" in dockerfile
 
 
+def demo_argv(out: Path) -> list[str]:
+    return [BLUEPRI, "demo", "--out", str(out)]
+
+
+@pytest.mark.parametrize("command", [train_argv.__name__, demo_argv.__name__])
 @pytest.mark.parametrize(
     "address, says",
     [
@@ -112,21 +117,20 @@ def test_every_process_of_bluepri_ray_polls_train_workers_often(ray_session, mon
         ("not-an-address", "is not host:port"),
     ],
 )
-def test_a_bad_ray_address_fails_in_one_line(
-    address: str | None, says: str, tiny_models, small_set: Path, tmp_path: Path
+def test_a_bad_ray_address_fails_in_one_line_before_any_work(
+    command: str, address: str | None, says: str, tiny_models, small_set: Path, tmp_path: Path
 ) -> None:
     import os
 
     env = {**os.environ, "RAY_ADDRESS": address or dead_address()}
-    done = subprocess.run(
-        train_argv(small_set, tmp_path / "adapter"),
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    out = tmp_path / "out"
+    argv = train_argv(small_set, out) if command == "train_argv" else demo_argv(out)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2
     assert len(lines) == 1 and lines[0].startswith("bluepri: error: RAY_ADDRESS="), done.stderr
     assert says in lines[0]
-    assert not (tmp_path / "adapter").exists()
+    assert not out.exists()  # refused before the first step wrote anything
 
 
 def test_no_address_means_a_local_ray_and_auto_means_the_recorded_one(monkeypatch) -> None:

@@ -57,6 +57,7 @@ from bluepri.imaging import LABEL_COLOUR, SHEET_BACKGROUND, contact_sheet, fit_t
 from bluepri.registry import AdapterRegistry
 from bluepri.render import render
 from bluepri.render.pipeline import quiet_data_context
+from bluepri.runtime import ray_address
 from bluepri.storage import output_folder
 from bluepri.train import train
 from bluepri.tune import TuneResult, tune
@@ -138,8 +139,11 @@ def catalogue_requests(config: DemoConfig) -> list[GenerationRequest]:
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     """Run every landed stage on the tiny models and the synthetic set; tell it as a story on
     the terminal, the libraries' own output in `<out>/demo.log`."""
+    # Validate everything before the first step writes anything: the catalogue, and the
+    # cluster RAY_ADDRESS names (a dead one fails in one line now, not after step 1).
+    requests = catalogue_requests(config)
+    ray_address()
     out = output_folder(config.out_dir).resolve()  # stages run in other working dirs
-    requests = catalogue_requests(config)  # validate everything before the first step
     started = time.perf_counter()
     log(f"bluepri demo: {config.models.base} + a blueprint LoRA, everything under {out}")
     configure_library_logging()
