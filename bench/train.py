@@ -6,6 +6,9 @@
             encoding every batch with the VAE and both text encoders first (what diffusers'
             script does each step), and the cached-vs-encoding ratio. Same step function,
             same batch, one torch thread, no Ray.
+3. cores    while the 2 workers train (Linux), the cores they use and the cores every other
+            process (Ray's own, this driver) uses, sampled from /proc: on a machine with as
+            many cores as workers, what others take stalls both ranks at the all-reduce.
 
     python bench/train.py                     # ~2-3 minutes on 2 CPU cores
     python bench/train.py --resolution 256 --steps 30
@@ -14,8 +17,10 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,12 +46,65 @@ def build_cache(folder: Path, resolution: int, num_images: int) -> tuple[Path, s
     return images, prepare(config, log=lambda _: None).uri
 
 
-def scaling(cache_uri: str, folder: Path, steps: int, batch_size: int) -> dict[int, float]:
-    """samples/s over all workers, training steps only (validation and start-up excluded)."""
+class CoreShare:
+    """Where the machine's cores go during a run, from /proc: every 0.2 s, each process's
+    CPU seconds. `while_training` averages over the intervals in which every Ray Train worker
+    was busy (the training steps, not start-up or validation's barriers)."""
+
+    WORKER = "RayTrainWo"  # Ray's process title for a Ray Train worker (cut to 16 chars)
+    INTERVAL_S = 0.2
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, dict[int, tuple[float, bool]]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def __enter__(self) -> CoreShare:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def sample(self) -> None:
+        ticks = os.sysconf("SC_CLK_TCK")
+        while not self.stop.is_set():
+            processes = {}
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/cmdline") as cmd:
+                        name, fields = stat.read().rsplit(")", 1)
+                        title = cmd.read()
+                except OSError:  # the process ended
+                    continue
+                cpu = (int(fields.split()[11]) + int(fields.split()[12])) / ticks
+                processes[int(pid)] = (cpu, self.WORKER in name or self.WORKER in title)
+            self.samples.append((time.monotonic(), processes))
+            self.stop.wait(self.INTERVAL_S)
+
+    def while_training(self, workers: int) -> tuple[float, float] | None:
+        """Mean cores used by the workers and by every other process while all trained."""
+        busy_s = worker_cpu = other_cpu = 0.0
+        for (start, before), (end, after) in itertools.pairwise(self.samples):
+            used = {pid: cpu - before[pid][0] for pid, (cpu, _) in after.items() if pid in before}
+            by_workers = sum(cpu for pid, cpu in used.items() if after[pid][1])
+            if by_workers > 0.8 * workers * (end - start):
+                busy_s += end - start
+                worker_cpu += by_workers
+                other_cpu += sum(used.values()) - by_workers
+        return (worker_cpu / busy_s, other_cpu / busy_s) if busy_s else None
+
+
+def scaling(
+    cache_uri: str, folder: Path, steps: int, batch_size: int
+) -> tuple[dict[int, float], tuple[float, float] | None]:
+    """samples/s over all workers, training steps only (validation and start-up excluded),
+    and the cores of the 2-worker run's training steps (workers, everything else)."""
     from bluepri.config import TrainConfig
     from bluepri.train import train
 
-    results = {}
+    results, cores = {}, None
     for workers in (1, 2):
         config = TrainConfig(
             pretrained_model_name_or_path="tiny:base",
@@ -60,8 +118,10 @@ def scaling(cache_uri: str, folder: Path, steps: int, batch_size: int) -> dict[i
             seed=0,
             in_process=False,  # one worker is a Ray Train worker too, 1 CPU and 1 thread
         )
-        results[workers] = train(config, log=lambda _: None).samples_per_s
-    return results
+        with CoreShare() as share:
+            results[workers] = train(config, log=lambda _: None).samples_per_s
+        cores = share.while_training(workers) if os.path.isdir("/proc") else None
+    return results, cores
 
 
 def cached_vs_encoding(
@@ -158,7 +218,7 @@ def main() -> None:
         folder = Path(scratch)
         started = time.perf_counter()
         images, cache_uri = build_cache(folder, args.resolution, args.images)
-        per_workers = scaling(cache_uri, folder, args.steps, args.batch_size)
+        per_workers, cores = scaling(cache_uri, folder, args.steps, args.batch_size)
         cached, encoding = cached_vs_encoding(
             cache_uri, images, args.resolution, args.steps, args.batch_size
         )
@@ -170,6 +230,9 @@ def main() -> None:
     print(f"{'samples/s, 1 worker':<44}{per_workers[1]:>12.1f}")
     print(f"{'samples/s, 2 workers':<44}{per_workers[2]:>12.1f}")
     print(f"{'scaling 2 vs 1 worker':<44}{per_workers[2] / per_workers[1]:>11.2f}x")
+    if cores is not None:
+        print(f"{'cores while 2 workers train: workers':<44}{cores[0]:>12.2f}")
+        print(f"{'cores while 2 workers train: other processes':<44}{cores[1]:>12.2f}")
     print(f"{'steps/s, cached latents + embeddings':<44}{cached:>12.2f}")
     print(f"{'steps/s, VAE + text encoders every step':<44}{encoding:>12.2f}")
     print(f"{'cached vs encoding every step':<44}{cached / encoding:>11.2f}x")
