@@ -46,7 +46,20 @@ def demo_out(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "demo"
     assert done.stdout.strip().splitlines()[-1] == str(out)
     (out / "terminal.txt").write_text(done.stdout)
+    (out / "terminal-stderr.txt").write_text(done.stderr)
     return out
+
+
+def test_the_terminal_tells_the_story_and_library_output_stays_in_the_log(demo_out: Path) -> None:
+    """One line per step, indented lines under it, the closing lines; nothing of Ray's,
+    Tune's or the model libraries' own (Ray's C++ core worker writes to descriptor 2 itself)."""
+    lines = (demo_out / "terminal.txt").read_text().splitlines()
+    story = re.compile(r"(bluepri demo: |\[[1-7]/7\] |  \S|done in |/)")
+    assert [line for line in lines if not story.match(line)] == []
+    assert [line[:5] for line in lines if line.startswith("[")] == [f"[{i}/7]" for i in range(1, 8)]
+    assert (demo_out / "terminal-stderr.txt").read_text() == ""
+    log = (demo_out / "demo.log").read_text()
+    assert "[6/7]" in log and len(log.splitlines()) > len(lines)  # the libraries said more
 
 
 def rendered(out: Path, tag: str) -> list[Image.Image]:

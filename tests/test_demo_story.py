@@ -141,13 +141,36 @@ def test_quiet_terminal_sends_library_output_to_the_log_and_puts_loggers_back(
     assert sys.stdout is not None and not sys.stdout.closed
 
 
+def test_quiet_terminal_sends_native_writes_to_the_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Ray's C++ core worker logs straight to file descriptor 2 (e.g. its warning about a
+    Ray Data actor pool's constructor arguments): that goes to the log too, and the
+    descriptor is the terminal's again afterwards."""
+    import os
+
+    log_path = tmp_path / "demo.log"
+    with quiet_terminal(log_path, print) as say:
+        os.write(2, b"[E core_worker.cc:2465] Actor with class name: 'MapWorker'\n")
+        say("[6/7] rendering")
+    os.write(2, b"after the demo\n")
+    out, err = capfd.readouterr()
+    assert out == "[6/7] rendering\n" and err == "after the demo\n"
+    assert "core_worker.cc:2465" in log_path.read_text()
+
+
 def test_quiet_terminal_restores_everything_when_a_step_fails(tmp_path: Path) -> None:
     stdout, stderr = sys.stdout, sys.stderr
     transformers = logging.getLogger("transformers")
     before = (list(transformers.handlers), transformers.propagate)
+    import os
+
+    descriptor_2 = os.fstat(2)
     with pytest.raises(RuntimeError), quiet_terminal(tmp_path / "demo.log", print):
         raise RuntimeError("training failed")
     assert (sys.stdout, sys.stderr) == (stdout, stderr)
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (descriptor_2.st_dev, descriptor_2.st_ino)
     assert (list(transformers.handlers), transformers.propagate) == before
 
 

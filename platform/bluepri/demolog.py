@@ -7,14 +7,17 @@ point at the file. Only the lines passed to the `say` it yields reach the termin
 the caller's own `log`), copied into the file too so the noise there reads in context.
 Everything is put back on exit, including handlers a library added meanwhile on the
 redirected streams. Ray's workers print nowhere near us: `runtime.ensure_ray` starts Ray
-with `log_to_driver=False`. Output written straight to file descriptors 1 and 2 by native
-code is not caught: that would need dup2 games that test runners also play.
+with `log_to_driver=False`. Native code in this process writes to file descriptor 2 itself
+(Ray's C++ core worker logs there, e.g. its warning that a Ray Data actor pool's constructor
+arguments live in the object store): descriptor 2 points at the file too while the demo runs,
+and at what it was before (a terminal, or a test runner's capture) afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -35,6 +38,7 @@ NOISY_LOGGERS = (
     "optuna",
 )
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STDERR_FD = 2
 
 
 @dataclass
@@ -82,12 +86,30 @@ def quiet_terminal(
             for state in saved:
                 state.logger.handlers[:] = [*files_only(state.handlers), handler]
                 state.logger.propagate = False  # once in our file is enough
-            with contextlib.redirect_stdout(file), contextlib.redirect_stderr(file):
+            with (
+                descriptor_into(STDERR_FD, file),
+                contextlib.redirect_stdout(file),
+                contextlib.redirect_stderr(file),
+            ):
                 yield say
         finally:
             for state in saved:
                 state.restore()
             drop_handlers_on(file)
+
+
+@contextlib.contextmanager
+def descriptor_into(fd: int, file: TextIO) -> Iterator[None]:
+    """Point file descriptor `fd` at `file` (what native code writes there), then back."""
+    saved = os.dup(fd)
+    sys.stderr.flush()  # what Python buffered for the terminal goes there first
+    os.dup2(file.fileno(), fd)
+    try:
+        yield
+    finally:
+        file.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def files_only(handlers: Sequence[logging.Handler]) -> list[logging.Handler]:
