@@ -207,6 +207,8 @@ class ClusterRun:
     adapter: Path
     render_job: str
     render_out: Path
+    partial_render: subprocess.CompletedProcess
+    partial_out: Path
     traffic: Traffic
     head_node: str
     worker_nodes: set[str]
@@ -264,12 +266,15 @@ def deploy_service(cluster: LocalCluster, root: Path):
     return config.url, api_key
 
 
-def write_catalogue(path: Path, rows: int) -> Path:
+def write_catalogue(path: Path, rows: int, empty_prompts: int = 0) -> Path:
+    """`rows` rows to render, then `empty_prompts` rows that fail their checks."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "prompt", "seed"])
         for i in range(rows):
             writer.writerow([f"row-{i:02d}", f"blueprint of a house, variant {i}", i])
+        for i in range(rows, rows + empty_prompts):
+            writer.writerow([f"row-{i:02d}", "", i])
     return path
 
 
@@ -312,8 +317,16 @@ def cluster_run(local_cluster: LocalCluster, prometheus: str, tmp_path_factory) 
                         str(CONFIGS / "render_tiny.yaml"), f"catalogue={catalogue}",
                         f"out={render_out}", f"registry={registry}")  # fmt: skip
         assert render.returncode == 0, render.stdout[-4000:] + render.stderr[-4000:]
-        # Until Prometheus has scraped the render actors' exports (a second apart).
+        # A catalogue with a row that fails its checks: the job renders the rest, ends with
+        # exit code 1 (rows_failed), and counts the failure by reason for the dashboard.
+        partial_out = root / "partial-renders"
+        partial = submit(local_cluster, "bluepri-render-2", "render.py",
+                         str(CONFIGS / "render_tiny.yaml"),
+                         f"catalogue={write_catalogue(root / 'partial.csv', 1, 1)}",
+                         f"out={partial_out}", f"registry={registry}")  # fmt: skip
+        # Until Prometheus has scraped the render actors' and the drivers' exports.
         wait_until(lambda: rendered_series(prometheus), 60, "render metrics in Prometheus")
+        wait_until(lambda: failure_series(prometheus), 60, "render failures in Prometheus")
     finally:
         traffic.stop.set()
         sender.join(timeout=120)
@@ -324,6 +337,7 @@ def cluster_run(local_cluster: LocalCluster, prometheus: str, tmp_path_factory) 
     return ClusterRun(
         started=started, train_job="bluepri-train-1", train_log=train.stdout, adapter=adapter,
         render_job="bluepri-render-1", render_out=render_out, traffic=traffic,
+        partial_render=partial, partial_out=partial_out,
         head_node=head, worker_nodes=workers,
         train_nodes=job_nodes(local_cluster, "bluepri-train-1", "RayTrainWorker"),
         render_nodes=job_nodes(local_cluster, "bluepri-render-1", "MapWorker"),
@@ -334,6 +348,11 @@ def cluster_run(local_cluster: LocalCluster, prometheus: str, tmp_path_factory) 
 def rendered_series(prometheus: str) -> bool:
     result = query_range(prometheus, "ray_bluepri_render_images_total", time.time() - 600)
     return bool(result)
+
+
+def failure_series(prometheus: str) -> bool:
+    result = query_range(prometheus, "ray_bluepri_render_failures_total", time.time() - 600)
+    return any(r["metric"].get("reason") == "empty_prompt" for r in result)
 
 
 def job_nodes(cluster: LocalCluster, submission_id: str, class_prefix: str) -> set[str]:
@@ -375,6 +394,18 @@ def test_jobs_submitted_to_the_cluster_succeed_and_use_its_worker_nodes(
     rows = artifacts.read_render_manifest(str(cluster_run.render_out)).to_pylist()
     assert len(rows) == 12 and all(r["status"] == "rendered" for r in rows)
     assert all((cluster_run.render_out / r["image_path"]).stat().st_size > 0 for r in rows)
+    # A job that rendered some rows and failed others: exit code 1 through `ray job submit`,
+    # FAILED for Ray, its JSON line says why, and the manifest names the row and its reason.
+    partial = cluster_run.partial_render
+    assert partial.returncode != 0
+    assert "Job 'bluepri-render-2' failed" in job_status(local_cluster, "bluepri-render-2")
+    summary = json.loads(next(line for line in reversed(partial.stdout.splitlines())
+                              if line.startswith('{"status"')))  # fmt: skip
+    assert summary["status"] == "rows_failed"
+    rows = artifacts.read_render_manifest(str(cluster_run.partial_out)).to_pylist()
+    assert sorted((r["id"], r["status"], r["error_code"]) for r in rows) == [
+        ("row-00", "rendered", None), ("row-01", "failed", "empty_prompt")
+    ]  # fmt: skip
     # The nightly search evaluated its champion against the base into the history.
     from bluepri.eval import EvalResult
     from bluepri.eval.history import read_history
@@ -407,10 +438,12 @@ def test_every_dashboard_panel_is_evaluated_and_the_stages_run_show_data(
     from bluepri.ops.promql import concrete, panel_queries
 
     may_be_empty = queries_empty_when()
-    report, dashboards, unexpectedly_empty = [], set(), []
+    report, dashboards, unexpectedly_empty, with_data = [], set(), [], set()
     for query in panel_queries(DASHBOARDS_DIR):
         series = query_range(prometheus, concrete(query.expr), cluster_run.started)
         dashboards.add(query.dashboard)
+        if series:
+            with_data.add((query.dashboard, query.panel))
         why_empty = may_be_empty.get((query.dashboard, query.panel, query.ref_id))
         state = f"{len(series)} series" if series else f"no data ({why_empty or 'EXPECTED DATA'})"
         line = f"{query.dashboard:10} {query.panel[:44]:44} {query.ref_id}  {state}"
@@ -426,3 +459,5 @@ def test_every_dashboard_panel_is_evaluated_and_the_stages_run_show_data(
     # rightly be empty in a healthy run (GPU panels on CPUs, failed rows where none failed):
     # so every panel there shows data unless all its queries are of that kind.
     assert not unexpectedly_empty, "\n".join(unexpectedly_empty)
+    # The partial render job's failed row shows on the panel a healthy run leaves empty.
+    assert ("rendering", "Failed rows/s by reason") in with_data
