@@ -3,9 +3,10 @@ same work (decode, validate, hash, crop/flip, caption, encode), one image at a t
 
     .venv/bin/python bench/prepare.py --images 96 --resolution 128
 
-`prepare` runs four ways: its CPU default (`model_stage` auto) with one model worker (the
-models run in the driver, fed by Ray tasks that read and transform) and with two (the driver
-and one helper actor), and as a Ray Data pool of one and of two caption+encode actors. A
+`prepare` runs five ways: its CPU default (`model_stage` auto, `num_encode_actors` unset: the
+models run in the driver, fed by Ray tasks that read and transform, with one helper actor from
+64 images on), the driver with one model worker and with two (the driver and one helper
+actor) whatever the size, and as a Ray Data pool of one and of two caption+encode actors. A
 second loop, captioning in batches of 8 and encoding as `prepare` does, is printed too: it
 shows how much of `prepare`'s lead is batching, not Ray.
 
@@ -72,7 +73,7 @@ def single_process_images_per_s(folder: Path, resolution: int, batch: int) -> tu
 
 
 def ray_images_per_s(
-    folder: Path, resolution: int, actors: int, out: Path, model_stage: str = "auto"
+    folder: Path, resolution: int, actors: int | None, out: Path, model_stage: str = "auto"
 ) -> float:
     from bluepri.config import PrepareConfig
     from bluepri.data.prepare import prepare
@@ -87,7 +88,7 @@ def ray_images_per_s(
         captioner="tiny:blip",
         recaption=True,
         num_encode_actors=actors,
-        num_caption_actors=actors,
+        num_caption_actors=actors or 1,
         encode_batch_size=8,
         dedup_threshold=None,
         model_stage=model_stage,
@@ -119,6 +120,7 @@ def main() -> None:
         baseline, loading = single_process_images_per_s(folder, args.resolution, batch=1)
         batched, _ = single_process_images_per_s(folder, args.resolution, batch=8)
         runs = {
+            "prepare, default": (None, "auto"),
             "prepare, models in the driver": (1, "auto"),
             "prepare, driver + 1 helper actor": (2, "auto"),
             "prepare, 1 caption+encode actor": (1, "actors"),

@@ -26,7 +26,9 @@ from bluepri.data.model_stage import (
 from bluepri.data.prepare import (
     DRIVER,
     FUSED_ACTORS,
+    HELPER_MIN_IMAGES,
     SEPARATE_ACTORS,
+    encode_workers,
     model_place,
     model_process_count,
     prepare,
@@ -68,12 +70,34 @@ def test_model_place_follows_the_config(overrides, place) -> None:
 
 def test_model_processes_share_the_model_cpus() -> None:
     config = config_with(num_caption_actors=3, num_encode_actors=2)
-    assert model_process_count(config, True, DRIVER) == 3  # the driver and two helpers
-    assert model_process_count(config, False, DRIVER) == 2
-    assert model_process_count(config, True, FUSED_ACTORS) == 3
-    assert model_process_count(config, False, FUSED_ACTORS) == 2
-    assert model_process_count(config, True, SEPARATE_ACTORS) == 5
-    assert model_process_count(config, False, SEPARATE_ACTORS) == 2
+    assert model_process_count(config, 2, True, DRIVER) == 3  # the driver and two helpers
+    assert model_process_count(config, 2, False, DRIVER) == 2
+    assert model_process_count(config, 2, True, FUSED_ACTORS) == 3
+    assert model_process_count(config, 2, False, FUSED_ACTORS) == 2
+    assert model_process_count(config, 2, True, SEPARATE_ACTORS) == 5
+    assert model_process_count(config, 2, False, SEPARATE_ACTORS) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "place", "images", "cpus", "workers"),
+    [
+        # Unset: in the driver on CPU, a helper once the set pays for its start-up.
+        ({}, DRIVER, HELPER_MIN_IMAGES, 2.0, 2),
+        ({}, DRIVER, 500, 16.0, 2),
+        ({}, DRIVER, HELPER_MIN_IMAGES - 1, 2.0, 1),  # a small set: the driver alone
+        ({}, DRIVER, 500, 1.0, 1),  # no second CPU for it
+        ({}, FUSED_ACTORS, 500, 2.0, 1),
+        ({}, SEPARATE_ACTORS, 500, 8.0, 1),  # one GPU
+        # Set: as given, whatever the set.
+        ({"num_encode_actors": 1}, DRIVER, 500, 2.0, 1),
+        ({"num_encode_actors": 3}, DRIVER, 10, 2.0, 3),
+        ({"num_encode_actors": 4}, SEPARATE_ACTORS, 10, 8.0, 4),
+    ],
+)
+def test_encode_workers_unset_means_a_helper_only_where_it_pays(
+    overrides, place, images, cpus, workers
+) -> None:
+    assert encode_workers(config_with(**overrides), place, images, cpus) == workers
 
 
 def test_batches_split_and_joined_keep_rows_in_order() -> None:

@@ -380,7 +380,9 @@ class PrepareConfig(StrictModel):
     caption_batch_size: int = Field(8, ge=1)
     encode_batch_size: int = Field(8, ge=1)
     num_caption_actors: int = Field(1, ge=1)
-    num_encode_actors: int = Field(1, ge=1)
+    # Model workers that encode (on GPUs, one GPU each). None: one, except on CPU with the
+    # models in the driver, where a set of HELPER_MIN_IMAGES or more also gets a helper actor.
+    num_encode_actors: int | None = Field(None, ge=1)
     # Logical CPUs per caption/encode actor. None: half the cluster's CPUs shared among the
     # actors, so the read/transform tasks always find a CPU (whole-CPU actors on a 2-core
     # machine would leave them none and the stream would stall).

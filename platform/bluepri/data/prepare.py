@@ -351,6 +351,7 @@ def build(
     Where the models run (`model_place`): in this process (plus helper actors), in one
     fused caption+encode actor pool, or in a caption pool and an encode pool on GPUs.
     """
+    import ray
     from ray.data import ActorPoolStrategy
 
     from bluepri.data.caption import CaptionBatch
@@ -364,8 +365,10 @@ def build(
 
     place = model_place(config)
     lookup = {row["key"]: row for row in plan.kept}
-    model_processes = model_process_count(config, needs_captions, place)
-    actor_cpus, task_cpus = stage_cpus(config, model_processes)
+    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    encoders = encode_workers(config, place, len(plan.kept), cluster_cpus)
+    model_processes = model_process_count(config, encoders, needs_captions, place)
+    actor_cpus, task_cpus = stage_cpus(config, model_processes, cluster_cpus)
     ds = source_dataset(source, config, keys=set(lookup), num_cpus=task_cpus).map_batches(
         transform_batch(config, lookup), batch_size=16, num_cpus=task_cpus
     )
@@ -426,7 +429,7 @@ def build(
         EncodeBatch,
         fn_constructor_kwargs=encode_kwargs,
         batch_size=config.encode_batch_size,
-        compute=ActorPoolStrategy(size=config.num_encode_actors),
+        compute=ActorPoolStrategy(size=encoders),
         **actor_resources(config, actor_cpus),
     )
     ds.drop_columns(["image"]).write_parquet(shards_uri)
@@ -452,23 +455,39 @@ def model_place(config: PrepareConfig) -> str:
     return FUSED_ACTORS if on_cpu else SEPARATE_ACTORS
 
 
-def model_process_count(config: PrepareConfig, needs_captions: bool, place: str) -> int:
+# A helper actor is a fresh process that imports torch, transformers and diffusers and loads
+# the models (about 4 s of a core) while the driver already encodes. Measured by
+# bench/prepare.py on 2 cores (BENCHMARKS.md), it pays from 64 images at 128 px (2.1x the
+# single-process loop against 1.5-1.7x without) and more at 512 px (1.7x against 1.2x).
+HELPER_MIN_IMAGES = 64
+
+
+def encode_workers(config: PrepareConfig, place: str, images: int, cluster_cpus: float) -> int:
+    """`num_encode_actors`, or when unset: the driver plus one helper actor on CPU for a set
+    of HELPER_MIN_IMAGES images or more on a cluster with a CPU for it; otherwise one."""
+    if config.num_encode_actors is not None:
+        return config.num_encode_actors
+    if place == DRIVER and images >= HELPER_MIN_IMAGES and cluster_cpus >= 2:
+        return 2
+    return 1
+
+
+def model_process_count(
+    config: PrepareConfig, encoders: int, needs_captions: bool, place: str
+) -> int:
     """How many model workers (the driver counted in) share the model half of the CPUs."""
     if place in (DRIVER, FUSED_ACTORS):
-        return max(config.num_encode_actors, config.num_caption_actors if needs_captions else 1)
-    return config.num_encode_actors + (config.num_caption_actors if needs_captions else 0)
+        return max(encoders, config.num_caption_actors if needs_captions else 1)
+    return encoders + (config.num_caption_actors if needs_captions else 0)
 
 
-def stage_cpus(config: PrepareConfig, model_processes: int) -> tuple[float, float]:
+def stage_cpus(config: PrepareConfig, model_processes: int, total: float) -> tuple[float, float]:
     """(CPUs per model worker, CPUs per read/transform task) that fit the cluster together.
 
     Ray Data holds the actors for the whole stream; if they took every CPU, the tasks that
     feed them could never be scheduled and the stream would stall. Model workers share half
     of the CPUs (at most one each); tasks may use the other half.
     """
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 1.0)
     task_cpus = min(1.0, total / 2)
     if config.stage_cpus is not None:
         return config.stage_cpus, min(task_cpus, config.stage_cpus)
