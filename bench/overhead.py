@@ -122,6 +122,8 @@ def script_argv(
 def run_bluepri(argv: list[str], threads: int) -> Run:
     """One `bluepri train` process and the timings its metrics.json holds; `threads`: its
     OMP_NUM_THREADS (0: torch's default; a worker group's worker gets 1 from Ray anyway)."""
+    from bluepri import artifacts
+
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     if threads:
@@ -133,7 +135,7 @@ def run_bluepri(argv: list[str], threads: int) -> Run:
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
     out = Path(next(a for a in argv if a.startswith("--output_dir=")).split("=", 1)[1])
-    return Run(wall, json.loads((out / "metrics.json").read_text())["timings"], load)
+    return Run(wall, json.loads((out / artifacts.METRICS_JSON).read_text())["timings"], load)
 
 
 def run_script(argv: list[str], steps: int, threads: int) -> Run:

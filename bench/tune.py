@@ -131,11 +131,14 @@ def fixed_seconds(rows: list[dict], experiment: Path) -> list[tuple[str, bool, f
     step and per validation (an ASHA-stopped trial here does 3-12 steps)."""
     import json
 
+    from bluepri import artifacts
+
     reports = trial_reports(experiment)
     per_step, per_validation = [], []
     for row in rows:
         if row["adapter"]:
-            timings = json.loads((Path(row["adapter"]) / "metrics.json").read_text())["timings"]
+            metrics = Path(row["adapter"]) / artifacts.METRICS_JSON
+            timings = json.loads(metrics.read_text())["timings"]
             per_step.append((timings["first_step"] + timings["steps"]) / row["steps"])
             per_validation.append(timings["validation_loss"] / (row["validations"] + 1))
     step_s = sum(per_step) / len(per_step)

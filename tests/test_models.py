@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bluepri.artifacts import WEIGHTS_NAME
 from bluepri.errors import BluepriError
 from bluepri.models import load_base, load_captioner, load_refiner, resolve_ref
 from bluepri.models.tiny import build_tiny
@@ -178,8 +179,7 @@ def test_a_saved_adapter_is_the_same_bytes_in_every_process(tiny_models, tmp_pat
         "from bluepri.models.lora import attach_lora, save_lora_folder; "
         "unet = load_base('tiny:base').unet; torch.manual_seed(0); "
         "attach_lora(unet, rank=4, init=False); folder = save_lora_folder(sys.argv[1], unet); "
-        "print(hashlib.sha256((folder / 'pytorch_lora_weights.safetensors').read_bytes())"
-        ".hexdigest())"
+        f"print(hashlib.sha256((folder / {WEIGHTS_NAME!r}).read_bytes()).hexdigest())"
     )
     digests = {
         subprocess.run(

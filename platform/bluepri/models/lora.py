@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bluepri import artifacts
+
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -68,9 +70,10 @@ def save_lora_folder(
         unet_lora_adapter_metadata=adapter_metadata(unet),
         text_encoder_lora_adapter_metadata=adapter_metadata(text_encoder),
         text_encoder_2_lora_adapter_metadata=adapter_metadata(text_encoder_2),
+        weight_name=artifacts.WEIGHTS_NAME,
         safe_serialization=True,
     )
-    canonical_safetensors_header(folder / "pytorch_lora_weights.safetensors")
+    canonical_safetensors_header(folder / artifacts.WEIGHTS_NAME)
     return folder
 
 
