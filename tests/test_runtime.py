@@ -104,11 +104,11 @@ def test_every_process_of_bluepri_ray_polls_train_workers_often(ray_session, mon
         assert f"ENV {name}={value}" in dockerfile
 
 
-def demo_argv(out: Path) -> list[str]:
-    return [BLUEPRI, "demo", "--out", str(out)]
+def demo_argv(_data: Path, out: Path) -> list[str]:
+    return [BLUEPRI, "demo", "--out", str(out)]  # the demo makes its own data
 
 
-@pytest.mark.parametrize("command", [train_argv.__name__, demo_argv.__name__])
+@pytest.mark.parametrize("argv_for", [train_argv, demo_argv], ids=["train", "demo"])
 @pytest.mark.parametrize(
     "address, says",
     [
@@ -118,14 +118,14 @@ def demo_argv(out: Path) -> list[str]:
     ],
 )
 def test_a_bad_ray_address_fails_in_one_line_before_any_work(
-    command: str, address: str | None, says: str, tiny_models, small_set: Path, tmp_path: Path
+    argv_for, address: str | None, says: str, tiny_models, small_set: Path, tmp_path: Path
 ) -> None:
     import os
 
     env = {**os.environ, "RAY_ADDRESS": address or dead_address()}
     out = tmp_path / "out"
-    argv = train_argv(small_set, out) if command == "train_argv" else demo_argv(out)
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(argv_for(small_set, out), env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2
     assert len(lines) == 1 and lines[0].startswith("bluepri: error: RAY_ADDRESS="), done.stderr

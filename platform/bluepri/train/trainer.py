@@ -235,10 +235,14 @@ def fit(
         result = trainer.fit()
         return result.return_value or {}, result.checkpoint.path if result.checkpoint else None
     except Exception as err:
-        first = first_line(err)
-        raise RuntimeError(f"training run {run_name} failed: {first}") from err
+        raise run_failed(run_name, err) from err
     finally:
         release_controller(previous_sigint)
+
+
+def run_failed(run_name: str, err: BaseException) -> RuntimeError:
+    """The one line a failed run ends with, worker group or in-process."""
+    return RuntimeError(f"training run {run_name} failed: {first_line(err)}")
 
 
 def runs_in_process(config: TrainConfig) -> bool:
@@ -274,7 +278,7 @@ def fit_in_process(
     except BluepriError:
         raise
     except Exception as err:  # as the worker-group path reports it
-        raise RuntimeError(f"training run {run_name} failed: {first_line(err)}") from err
+        raise run_failed(run_name, err) from err
     finally:
         gc.collect()  # the models go before whatever this process loads next
     return summary, latest_checkpoint(run_dir)
